@@ -1,0 +1,36 @@
+//! The platform's system of record: a hash-chained, gap-free event log in PostgreSQL, and a
+//! cqrs-es repository over it.
+//!
+//! Every event gets a `global_position` that is gap-free and in commit order, because
+//! positions are assigned under one lock on the `log_head` row inside the appending
+//! transaction; a reader that tails `global_position > checkpoint` can never skip an event.
+//! Every event is hash-chained to the one before it and to the previous event of its tenant,
+//! over a canonical encoding that an auditor can recompute (docs/hash-spec.md).
+//!
+//! The key decision is the group-commit [`Appender`]: one task per process batches the
+//! appends of concurrent commands into one transaction with one multi-row insert, which
+//! buys back the throughput that serializing writers on the head lock costs. Each append
+//! stays all-or-nothing, and a stale one fails alone.
+//!
+//! - [`EventRepository`] implements cqrs-es's `PersistedEventRepository`;
+//! - [`LogReader`] reads the log in order in bounded memory, and verifies the chain;
+//! - [`schema`] creates the database and applies the migrations.
+
+pub mod appender;
+pub mod canonical;
+pub mod cqrs;
+pub mod error;
+pub mod reader;
+pub mod record;
+pub mod repository;
+pub mod schema;
+pub mod verify;
+
+pub use appender::{AppendReceipt, Appender, AppenderConfig, AppenderTask};
+pub use canonical::{Digest32, ZERO_HASH};
+pub use cqrs::{PlatformCqrs, platform_cqrs, platform_snapshot_cqrs};
+pub use error::{AppendError, StoreError};
+pub use reader::{LogHead, LogReader};
+pub use record::RecordedEvent;
+pub use repository::EventRepository;
+pub use verify::{ChainFault, FaultReason, Verification};

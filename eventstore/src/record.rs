@@ -1,0 +1,106 @@
+//! An event as the log holds it: one row of `events`.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+use uuid::Uuid;
+
+use crate::canonical::{CanonicalError, CanonicalEvent, Digest32, EventFields, Links};
+use crate::error::StoreError;
+
+/// One event of the log, with every column of its row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent {
+    /// Position in the whole log: gap-free from 1, in commit order.
+    pub global_position: i64,
+    /// The event's UUID v7.
+    pub event_id: Uuid,
+    /// The aggregate's type name.
+    pub aggregate_type: String,
+    /// The aggregate instance's id.
+    pub aggregate_id: String,
+    /// Position within the aggregate, gap-free from 1.
+    pub sequence: i64,
+    /// The event's type name.
+    pub event_type: String,
+    /// The event's schema version.
+    pub event_version: String,
+    /// The tenant, or `None` for a platform-level event.
+    pub tenant_id: Option<Uuid>,
+    /// When the appender recorded it.
+    pub recorded_at: DateTime<Utc>,
+    /// The event's payload.
+    pub payload: Value,
+    /// The command metadata (see `commands::metadata`).
+    pub metadata: Value,
+    /// The hash of the previous event of the log.
+    pub prev_hash: Digest32,
+    /// The hash of the previous event of the same tenant.
+    pub tenant_prev_hash: Digest32,
+    /// SHA-256 of the canonical encoding of every other column.
+    pub hash: Digest32,
+}
+
+impl RecordedEvent {
+    pub(crate) fn from_row(row: &PgRow) -> Result<Self, StoreError> {
+        let digest = |column: &'static str| -> Result<Digest32, StoreError> {
+            let bytes: Vec<u8> = row.try_get(column)?;
+            Digest32::from_slice(&bytes).ok_or(StoreError::Corrupt {
+                column,
+                problem: format!("holds {} bytes where a SHA-256 digest has 32", bytes.len()),
+            })
+        };
+        Ok(Self {
+            global_position: row.try_get("global_position")?,
+            event_id: row.try_get("event_id")?,
+            aggregate_type: row.try_get("aggregate_type")?,
+            aggregate_id: row.try_get("aggregate_id")?,
+            sequence: row.try_get("sequence")?,
+            event_type: row.try_get("event_type")?,
+            event_version: row.try_get("event_version")?,
+            tenant_id: row.try_get("tenant_id")?,
+            recorded_at: row.try_get("recorded_at")?,
+            payload: row.try_get("payload")?,
+            metadata: row.try_get("metadata")?,
+            prev_hash: digest("prev_hash")?,
+            tenant_prev_hash: digest("tenant_prev_hash")?,
+            hash: digest("hash")?,
+        })
+    }
+
+    /// The members of the canonical encoding that the appender assigned.
+    pub fn links(&self) -> Links {
+        Links {
+            global_position: self.global_position,
+            prev_hash: self.prev_hash,
+            recorded_at: self.recorded_at,
+            tenant_prev_hash: self.tenant_prev_hash,
+        }
+    }
+
+    fn canonical(&self) -> Result<CanonicalEvent, CanonicalError> {
+        CanonicalEvent::new(&EventFields {
+            event_id: self.event_id,
+            aggregate_type: &self.aggregate_type,
+            aggregate_id: &self.aggregate_id,
+            sequence: self.sequence,
+            event_type: &self.event_type,
+            event_version: &self.event_version,
+            tenant_id: self.tenant_id,
+            payload: &self.payload,
+            metadata: &self.metadata,
+        })
+    }
+
+    /// The canonical bytes this event's hash is computed over (docs/hash-spec.md).
+    pub fn canonical_bytes(&self) -> Result<Vec<u8>, CanonicalError> {
+        Ok(self.canonical()?.bytes(&self.links()))
+    }
+
+    /// Recomputes the hash from the other columns. It equals [`RecordedEvent::hash`] for
+    /// every event that has not been altered.
+    pub fn compute_hash(&self) -> Result<Digest32, CanonicalError> {
+        Ok(self.canonical()?.hash(&self.links()))
+    }
+}

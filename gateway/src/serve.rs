@@ -1,0 +1,199 @@
+//! `platform migrate` and `platform serve`.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use eventstore::{Appender, AppenderConfig, LogReader, schema};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+use crate::cli::{DatabaseArgs, ServeArgs};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const SERVICES_HINT: &str = "start the local services with scripts/services.sh";
+
+/// Applies the migrations as the schema owner.
+pub async fn migrate(args: &DatabaseArgs) -> Result<()> {
+    let applied = migrate_database(args).await?;
+    say(&format!(
+        "migrations: {applied} applied, the schema is current"
+    ));
+    Ok(())
+}
+
+/// Runs every role in one process until interrupted.
+pub async fn serve(args: &ServeArgs) -> Result<()> {
+    let admin = options(&args.database.admin_database_url, "--admin-database-url")?;
+    let created = schema::create_database_if_missing(&args.database.admin_database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach PostgreSQL as {}; {SERVICES_HINT}",
+                describe(&admin)
+            )
+        })?;
+    if created {
+        say(&format!("database: created {}", describe(&admin)));
+    }
+    let applied = migrate_database(&args.database).await?;
+    say(&format!(
+        "migrations: {applied} applied, the schema is current"
+    ));
+
+    let pool = app_pool(&args.database.database_url).await?;
+    let head = LogReader::new(pool.clone())
+        .head()
+        .await
+        .context("the application role cannot read the event log; run `platform migrate`")?;
+    say(&format!(
+        "event store: {} (log head at position {})",
+        describe(&options(&args.database.database_url, "--database-url")?),
+        head.position
+    ));
+
+    let version = check_nats(&args.nats_url).await?;
+    say(&format!(
+        "nats: {} with JetStream, version {version} (subject prefix `{}`)",
+        args.nats_url, args.nats_prefix
+    ));
+    check_redis(&args.redis_url).await?;
+    say(&format!(
+        "redis: {} (key prefix `{}`)",
+        args.redis_url, args.redis_prefix
+    ));
+
+    let (appender, task) = Appender::spawn(pool.clone(), AppenderConfig::default());
+    say("platform: ready; press Ctrl-C to stop");
+
+    shutdown_signal().await;
+    say("platform: stopping");
+    drop(appender);
+    task.join().await;
+    pool.close().await;
+    Ok(())
+}
+
+/// Creates the database if needed and applies the migrations. Returns how many ran.
+async fn migrate_database(args: &DatabaseArgs) -> Result<usize> {
+    let admin = options(&args.admin_database_url, "--admin-database-url")?;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_with(admin.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to PostgreSQL as {}; {SERVICES_HINT}",
+                describe(&admin)
+            )
+        })?;
+    let before = applied_count(&pool).await;
+    schema::migrate(&pool)
+        .await
+        .with_context(|| format!("migrating {}", describe(&admin)))?;
+    let after = applied_count(&pool).await;
+    pool.close().await;
+    Ok(after.saturating_sub(before))
+}
+
+async fn applied_count(pool: &PgPool) -> usize {
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+        .map_or(0, |n| usize::try_from(n).unwrap_or(0))
+}
+
+async fn app_pool(url: &str) -> Result<PgPool> {
+    let app = options(url, "--database-url")?;
+    PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_with(app.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to PostgreSQL as {}; the role is created by `platform migrate`",
+                describe(&app)
+            )
+        })
+}
+
+fn options(url: &str, flag: &str) -> Result<PgConnectOptions> {
+    let options: PgConnectOptions = url
+        .parse()
+        .with_context(|| format!("{flag} is not a PostgreSQL URL"))?;
+    Ok(options.log_statements(tracing::log::LevelFilter::Trace))
+}
+
+/// `user@host:port/database`, without the password.
+fn describe(options: &PgConnectOptions) -> String {
+    format!(
+        "{}@{}:{}/{}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("postgres")
+    )
+}
+
+/// Connects to NATS and checks that the server has JetStream. Returns the server version.
+async fn check_nats(url: &str) -> Result<String> {
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(CONNECT_TIMEOUT)
+        .connect(url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {url}; {SERVICES_HINT}"))?;
+    let info = client.server_info();
+    client.drain().await.ok();
+    anyhow::ensure!(
+        info.jetstream,
+        "NATS {} at {url} runs without JetStream; start it with -js",
+        info.version
+    );
+    Ok(info.version)
+}
+
+async fn check_redis(url: &str) -> Result<()> {
+    let client = redis::Client::open(url)
+        .with_context(|| format!("--redis-url {url} is not a Redis URL"))?;
+    let mut connection =
+        tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out"))
+            .and_then(|r| r.map_err(anyhow::Error::from))
+            .with_context(|| format!("cannot connect to Redis at {url}; {SERVICES_HINT}"))?;
+    let pong: String = redis::cmd("PING")
+        .query_async(&mut connection)
+        .await
+        .with_context(|| format!("Redis at {url} did not answer PING"))?;
+    anyhow::ensure!(pong == "PONG", "Redis at {url} answered PING with {pong:?}");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+/// A line of the CLI's own output.
+#[allow(clippy::print_stdout)]
+fn say(line: &str) {
+    println!("{line}");
+}

@@ -1,0 +1,1 @@
+//! Property: random interleavings of concurrent appends keep the log's invariants.

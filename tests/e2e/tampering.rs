@@ -1,0 +1,1 @@
+//! Tampering: verification names the first altered position and why.

@@ -1,0 +1,147 @@
+//! Support for the platform's end-to-end tests and benchmarks: isolated databases on the real
+//! local PostgreSQL, a running event store over them, and a small example aggregate.
+//!
+//! Every test gets its own database, created from scratch, migrated, and dropped when the
+//! test ends, so tests never share state and never depend on each other's order.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod example;
+
+use std::sync::Once;
+
+use eventstore::{Appender, AppenderConfig, AppenderTask, EventRepository, LogReader};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+use uuid::Uuid;
+
+/// The superuser URL tests create their databases with. Override with
+/// `PLATFORM_TEST_ADMIN_URL`.
+pub fn admin_url() -> String {
+    std::env::var("PLATFORM_TEST_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// The application role the serving process uses (created by the migrations).
+pub const APP_ROLE: &str = "platform_app";
+
+/// Turns on logging when `TEST_LOG` is set; quiet otherwise.
+pub fn init_logging() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("TEST_LOG")
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug")),
+                )
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// A database of its own, migrated, dropped when this value is dropped.
+pub struct TestDb {
+    /// The database's name.
+    pub name: String,
+    /// Connected as the superuser who owns the schema (for tampering and inspection).
+    pub admin: PgPool,
+    /// Connected as the application role, as the serving process is.
+    pub app: PgPool,
+    server: PgConnectOptions,
+}
+
+impl TestDb {
+    /// Creates and migrates a fresh database.
+    pub async fn new() -> Self {
+        Self::with_app_connections(16).await
+    }
+
+    /// Like [`TestDb::new`], with a given size of the application pool.
+    pub async fn with_app_connections(max: u32) -> Self {
+        init_logging();
+        let server: PgConnectOptions = admin_url().parse().expect("PLATFORM_TEST_ADMIN_URL");
+        let server = server.log_statements(tracing::log::LevelFilter::Trace);
+        let name = format!("platform_test_{}", Uuid::new_v4().simple());
+        let mut conn = server
+            .connect()
+            .await
+            .expect("cannot reach PostgreSQL at PLATFORM_TEST_ADMIN_URL; run scripts/services.sh");
+        sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let admin = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(server.clone().database(&name))
+            .await
+            .expect("connect to test database");
+        eventstore::schema::migrate(&admin)
+            .await
+            .expect("migrate test database");
+        let app = PgPoolOptions::new()
+            .max_connections(max)
+            .connect_with(server.clone().database(&name).username(APP_ROLE))
+            .await
+            .expect("connect to test database as the application role");
+        Self {
+            name,
+            admin,
+            app,
+            server,
+        }
+    }
+
+    /// Starts an appender (one per simulated process) over the application pool.
+    pub fn store(&self) -> TestStore {
+        self.store_with(AppenderConfig::default())
+    }
+
+    /// Starts an appender with the given configuration.
+    pub fn store_with(&self, config: AppenderConfig) -> TestStore {
+        let (appender, task) = Appender::spawn(self.app.clone(), config);
+        TestStore {
+            repository: EventRepository::new(self.app.clone(), appender),
+            reader: LogReader::new(self.app.clone()),
+            task,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let server = self.server.clone();
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, which cannot be blocked on: clean up from a
+        // thread with a runtime of its own. The pools are not closed first, since closing
+        // waits for connections that tasks of the blocked runtime may hold; FORCE ends them.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(mut conn) = server.connect().await {
+                    let _ =
+                        sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
+                            .execute(&mut conn)
+                            .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A running event store over a [`TestDb`].
+pub struct TestStore {
+    /// The cqrs-es repository.
+    pub repository: EventRepository,
+    /// The global reader.
+    pub reader: LogReader,
+    /// The appender task.
+    pub task: AppenderTask,
+}
