@@ -248,14 +248,7 @@ impl PersistedEventRepository for EventRepository {
     ) -> Result<(), PersistenceError> {
         let snapshot = match snapshot_update {
             None => None,
-            Some((_, aggregate, current_snapshot)) => Some(SnapshotWrite {
-                payload_json: aggregate.to_string(),
-                current_snapshot: i64::try_from(current_snapshot).map_err(|_| {
-                    AppendError::Invalid(format!(
-                        "snapshot version {current_snapshot} is too large"
-                    ))
-                })?,
-            }),
+            Some((_, _, version)) => self.snapshot_after::<A>(events, version).await?,
         };
         self.append(events, snapshot).await?;
         Ok(())
@@ -275,6 +268,65 @@ impl PersistedEventRepository for EventRepository {
     async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
         let query = sqlx::query(SELECT_ALL_EVENTS).bind(A::TYPE.to_owned());
         Ok(self.replay(query))
+    }
+}
+
+impl EventRepository {
+    /// The aggregate's state after `events`, for the snapshot stored with them.
+    ///
+    /// cqrs-es 0.5 hands `persist` a snapshot in which the command's events were applied twice
+    /// (once by `EventSink::write` while handling, once more while preparing the snapshot),
+    /// so that state is not used. Instead the state is rebuilt from the stored snapshot, the
+    /// stored events after it, and the new events. If an event cannot be read as the current
+    /// event type (an old version that needs an upcaster), no snapshot is written: loading
+    /// then replays the events, which is slower but correct.
+    async fn snapshot_after<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+        version: usize,
+    ) -> Result<Option<SnapshotWrite>, PersistenceError> {
+        let Some(first) = events.first() else {
+            return Ok(None);
+        };
+        let mut state = A::default();
+        let mut sequence = 0;
+        if let Some(snapshot) = self.get_snapshot::<A>(&first.aggregate_id).await? {
+            if let Ok(stored) = serde_json::from_value::<A>(snapshot.aggregate) {
+                state = stored;
+                sequence = snapshot.current_sequence;
+            }
+        }
+        let stored = self
+            .get_last_events::<A>(&first.aggregate_id, sequence)
+            .await?;
+        for event in stored.iter().chain(events) {
+            if event.sequence != sequence + 1 {
+                // The log moved on since the command loaded the aggregate: the append will
+                // be refused as a conflict, and its snapshot with it.
+                return Ok(None);
+            }
+            match serde_json::from_value::<A::Event>(event.payload.clone()) {
+                Ok(payload) => state.apply(payload),
+                Err(err) => {
+                    tracing::warn!(
+                        aggregate_type = A::TYPE,
+                        aggregate_id = %first.aggregate_id,
+                        "no snapshot: event {} ({} v{}) needs an upcaster: {err}",
+                        event.sequence,
+                        event.event_type,
+                        event.event_version
+                    );
+                    return Ok(None);
+                }
+            }
+            sequence = event.sequence;
+        }
+        Ok(Some(SnapshotWrite {
+            payload_json: serde_json::to_string(&state)?,
+            current_snapshot: i64::try_from(version).map_err(|_| {
+                AppendError::Invalid(format!("snapshot version {version} is too large"))
+            })?,
+        }))
     }
 }
 
