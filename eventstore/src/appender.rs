@@ -130,10 +130,10 @@ impl AppenderTask {
 
     /// Waits until the task ends: after every [`Appender`] is dropped and the queue drained.
     pub async fn join(self) {
-        if let Err(err) = self.handle.await {
-            if err.is_panic() {
-                tracing::error!("the event store appender panicked: {err}");
-            }
+        if let Err(err) = self.handle.await
+            && err.is_panic()
+        {
+            tracing::error!("the event store appender panicked: {err}");
         }
     }
 }

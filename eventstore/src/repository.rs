@@ -290,11 +290,11 @@ impl EventRepository {
         };
         let mut state = A::default();
         let mut sequence = 0;
-        if let Some(snapshot) = self.get_snapshot::<A>(&first.aggregate_id).await? {
-            if let Ok(stored) = serde_json::from_value::<A>(snapshot.aggregate) {
-                state = stored;
-                sequence = snapshot.current_sequence;
-            }
+        if let Some(snapshot) = self.get_snapshot::<A>(&first.aggregate_id).await?
+            && let Ok(stored) = serde_json::from_value::<A>(snapshot.aggregate)
+        {
+            state = stored;
+            sequence = snapshot.current_sequence;
         }
         let stored = self
             .get_last_events::<A>(&first.aggregate_id, sequence)

@@ -62,7 +62,6 @@ async fn fifty_writers_on_twenty_aggregates_land_every_accepted_event_exactly_on
     let mut writers = Vec::new();
     for task in 0..TASKS {
         let cqrs = Arc::clone(&cqrs[task % cqrs.len()]);
-        let metadata = metadata.clone();
         writers.push(tokio::spawn(async move {
             let mut accepted = Vec::new();
             let mut conflicts = 0;
