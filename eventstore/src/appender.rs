@@ -122,8 +122,9 @@ pub struct AppenderTask {
 }
 
 impl AppenderTask {
-    /// Stops the task immediately. Appends in flight fail with [`AppendError::Stopped`] and
-    /// leave nothing behind.
+    /// Stops the task immediately. Appends in flight fail with [`AppendError::Stopped`]: a
+    /// transaction that had not sent its commit is rolled back; one whose commit was already
+    /// on its way may still land, all of it or none.
     pub fn abort(&self) {
         self.handle.abort();
     }
@@ -189,7 +190,8 @@ enum BatchError {
     Commit {
         error: sqlx::Error,
         outcomes: Vec<Outcome>,
-        probe: Option<Uuid>,
+        /// The transaction's id, as text, to ask the server what became of it.
+        xid: String,
     },
 }
 
@@ -240,30 +242,36 @@ fn reply_all(jobs: Vec<Job>, outcomes: Vec<Outcome>) {
     }
 }
 
-/// Turns a failed batch into its answer. A failed commit is checked: if the batch's first
-/// event is in the log, the commit happened.
+/// How long to wait for the server to settle a transaction whose commit failed on the wire.
+const COMMIT_SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Turns a failed batch into its answer. A failed commit is settled by asking the server
+/// for the transaction's status, waiting while it is still in progress (a commit can be
+/// durable yet not visible, for example while it waits for a synchronous standby).
 async fn resolve(pool: &PgPool, err: BatchError) -> Result<Vec<Outcome>, AppendError> {
     match err {
         BatchError::Failed(error) => Err(classify(error)),
         BatchError::Commit {
             error,
             outcomes,
-            probe,
+            xid,
         } => {
-            tracing::warn!("commit of an append batch failed, checking its outcome: {error}");
-            let Some(event_id) = probe else {
-                return Ok(outcomes);
-            };
-            let found = sqlx::query_scalar::<_, bool>(
-                "SELECT EXISTS (SELECT 1 FROM events WHERE event_id = $1)",
-            )
-            .bind(event_id)
-            .fetch_one(pool)
-            .await;
-            match found {
-                Ok(true) => Ok(outcomes),
-                Ok(false) => Err(classify(error)),
-                Err(_) => Err(AppendError::CommitUnknown(Arc::new(error))),
+            tracing::warn!("commit of an append batch failed, settling transaction {xid}: {error}");
+            let deadline = tokio::time::Instant::now() + COMMIT_SETTLE_TIMEOUT;
+            loop {
+                let status =
+                    sqlx::query_scalar::<_, Option<String>>("SELECT pg_xact_status($1::xid8)")
+                        .bind(&xid)
+                        .fetch_one(pool)
+                        .await;
+                match status.as_ref().map(Option::as_deref) {
+                    Ok(Some("committed")) => return Ok(outcomes),
+                    Ok(Some("aborted")) => return Err(classify(error)),
+                    Ok(Some("in progress")) | Err(_) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    _ => return Err(AppendError::CommitUnknown(Arc::new(error))),
+                }
             }
         }
     }
@@ -299,7 +307,8 @@ macro_rules! batch_reads {
 /// another appender committed in between, in which case the reads are repeated.
 const LOCK_AND_READ: &str = concat!(
     "WITH head AS (SELECT position, hash FROM log_head FOR UPDATE) \
-     SELECT head.position, head.hash, (SELECT position FROM log_head) AS seen_position, ",
+     SELECT head.position, head.hash, (SELECT position FROM log_head) AS seen_position, \
+            pg_current_xact_id()::text AS xid, ",
     batch_reads!(),
     " FROM head"
 );
@@ -369,7 +378,7 @@ fn tenant_key(tenant: Option<Uuid>) -> Uuid {
 
 fn digest(bytes: &[u8], column: &str) -> Result<Digest32, sqlx::Error> {
     Digest32::from_slice(bytes).ok_or_else(|| {
-        sqlx::Error::Protocol(format!("{column} holds {} bytes, not 32", bytes.len()))
+        sqlx::Error::Decode(format!("{column} holds {} bytes, not 32", bytes.len()).into())
     })
 }
 
@@ -394,7 +403,11 @@ async fn try_write(pool: &PgPool, appends: &[&PendingAppend]) -> Result<Vec<Outc
         }
     }
 
-    let mut tx: Transaction<'_, Postgres> = pool.begin().await.map_err(BatchError::Failed)?;
+    // The head lock relies on READ COMMITTED: each statement sees what committed before it.
+    let mut tx: Transaction<'_, Postgres> = pool
+        .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+        .await
+        .map_err(BatchError::Failed)?;
     let row = sqlx::query(LOCK_AND_READ)
         .bind(&aggregate_types)
         .bind(&aggregate_ids)
@@ -405,6 +418,7 @@ async fn try_write(pool: &PgPool, appends: &[&PendingAppend]) -> Result<Vec<Outc
     let head_position: i64 = row.try_get("position").map_err(BatchError::Failed)?;
     let head_hash: Vec<u8> = row.try_get("hash").map_err(BatchError::Failed)?;
     let seen_position: i64 = row.try_get("seen_position").map_err(BatchError::Failed)?;
+    let xid: String = row.try_get("xid").map_err(BatchError::Failed)?;
     let row = if seen_position == head_position {
         row
     } else {
@@ -433,7 +447,6 @@ async fn try_write(pool: &PgPool, appends: &[&PendingAppend]) -> Result<Vec<Outc
     let mut rows = Rows::default();
     let mut snapshots = Snapshots::default();
     let mut outcomes = Vec::with_capacity(appends.len());
-    let mut probe = None;
     for append in appends {
         let slot = aggregates[&(append.aggregate_type.as_str(), append.aggregate_id.as_str())];
         let actual = sequences[slot];
@@ -471,7 +484,6 @@ async fn try_write(pool: &PgPool, appends: &[&PendingAppend]) -> Result<Vec<Outc
             rows.prev_hash.push(prev.0.to_vec());
             rows.tenant_prev_hash.push(tenant_heads[chain].0.to_vec());
             rows.hash.push(hash.0.to_vec());
-            probe.get_or_insert(event.event_id);
             prev = hash;
             tenant_heads[chain] = hash;
             tenant_positions[chain] = Some(position);
@@ -547,7 +559,7 @@ async fn try_write(pool: &PgPool, appends: &[&PendingAppend]) -> Result<Vec<Outc
         Err(error) => Err(BatchError::Commit {
             error,
             outcomes,
-            probe,
+            xid,
         }),
     }
 }

@@ -22,6 +22,11 @@ use uuid::Uuid;
 /// doubles, which represent every integer up to this bound exactly and no further.
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
+/// The deepest nesting of arrays and objects accepted in a payload or metadata. JSON
+/// decoders limit depth (serde_json, which reads the log back, stops at 128); a value
+/// nested deeper could be written but never read again.
+pub const MAX_DEPTH: usize = 64;
+
 /// A SHA-256 digest: an event's hash, or one of its links.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Digest32(pub [u8; 32]);
@@ -145,8 +150,8 @@ impl CanonicalEvent {
         ] {
             check_string(path, text)?;
         }
-        check_value("payload", fields.payload)?;
-        check_value("metadata", fields.metadata)?;
+        check_value("payload", fields.payload, 0)?;
+        check_value("metadata", fields.metadata, 0)?;
 
         let payload_json = jcs(fields.payload, "payload")?;
         let metadata_json = jcs(fields.metadata, "metadata")?;
@@ -282,35 +287,42 @@ fn check_string(path: &str, text: &str) -> Result<(), CanonicalError> {
     Ok(())
 }
 
-fn check_value(path: &str, value: &Value) -> Result<(), CanonicalError> {
+fn check_value(path: &str, value: &Value, depth: usize) -> Result<(), CanonicalError> {
     match value {
         Value::Null | Value::Bool(_) => Ok(()),
         Value::String(text) => check_string(path, text),
         Value::Number(number) => {
-            let beyond = match (number.as_u64(), number.as_i64()) {
-                (Some(u), _) => u > MAX_SAFE_INTEGER,
-                (None, Some(i)) => i.unsigned_abs() > MAX_SAFE_INTEGER,
-                (None, None) => false,
+            let beyond = match (number.as_u64(), number.as_i64(), number.as_f64()) {
+                (Some(u), _, _) => u > MAX_SAFE_INTEGER,
+                (None, Some(i), _) => i.unsigned_abs() > MAX_SAFE_INTEGER,
+                // A whole float beyond the safe range is written as an integer, and read
+                // back as one: it would no longer be accepted.
+                (None, None, Some(f)) => f.fract() == 0.0 && f.abs() > MAX_SAFE_INTEGER as f64,
+                (None, None, None) => false,
             };
             if beyond {
                 Err(CanonicalError::new(
                     path,
                     format!(
-                        "integer {number} is beyond ±(2^53 − 1); store large quantities as strings"
+                        "number {number} is a whole number beyond ±(2^53 − 1); store large quantities as strings"
                     ),
                 ))
             } else {
                 Ok(())
             }
         }
+        Value::Array(_) | Value::Object(_) if depth >= MAX_DEPTH => Err(CanonicalError::new(
+            path,
+            format!("nests arrays and objects deeper than {MAX_DEPTH} levels"),
+        )),
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .try_for_each(|(i, item)| check_value(&format!("{path}[{i}]"), item)),
+            .try_for_each(|(i, item)| check_value(&format!("{path}[{i}]"), item, depth + 1)),
         Value::Object(members) => members.iter().try_for_each(|(key, item)| {
             let inner = format!("{path}.{key}");
             check_string(&inner, key)?;
-            check_value(&inner, item)
+            check_value(&inner, item, depth + 1)
         }),
     }
 }
@@ -392,6 +404,27 @@ mod tests {
         let err = CanonicalEvent::new(&fields(&payload, &metadata)).unwrap_err();
         assert_eq!(err.path, "payload.lines[0].amount");
         assert!(err.problem.contains("9007199254740993"), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_whole_float_beyond_the_safe_range() {
+        let payload = json!({"big": 1e17, "fine": 2.5e300, "small": -1.5});
+        let metadata = json!({});
+        let err = CanonicalEvent::new(&fields(&payload, &metadata)).unwrap_err();
+        assert_eq!(err.path, "payload.big");
+    }
+
+    #[test]
+    fn refuses_nesting_deeper_than_the_limit() {
+        let mut deep = json!(1);
+        for _ in 0..MAX_DEPTH {
+            deep = json!([deep]);
+        }
+        let metadata = json!({});
+        assert!(CanonicalEvent::new(&fields(&deep, &metadata)).is_ok());
+        let deeper = json!({"x": deep});
+        let err = CanonicalEvent::new(&fields(&deeper, &metadata)).unwrap_err();
+        assert!(err.problem.contains("deeper than 64"), "{err}");
     }
 
     #[test]
@@ -483,7 +516,12 @@ mod tests {
             any::<bool>().prop_map(Value::Bool),
             (-(MAX_SAFE_INTEGER as i64)..=(MAX_SAFE_INTEGER as i64)).prop_map(Value::from),
             any::<f64>()
-                .prop_filter("finite", |f| f.is_finite())
+                .prop_filter(
+                    "finite, and not a whole number beyond the safe range",
+                    |f| {
+                        f.is_finite() && !(f.fract() == 0.0 && f.abs() > MAX_SAFE_INTEGER as f64)
+                    }
+                )
                 .prop_map(Value::from),
             "[^\u{0}]{0,12}".prop_map(Value::String),
         ];

@@ -172,9 +172,16 @@ pub fn prepare(
 fn tenant_of(metadata: &Value) -> Result<Option<Uuid>, AppendError> {
     match metadata.get(TENANT_KEY) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => Uuid::parse_str(text).map(Some).map_err(|_| {
-            AppendError::Invalid(format!("metadata `{TENANT_KEY}` is not a UUID: {text:?}"))
-        }),
+        Some(Value::String(text)) => match Uuid::parse_str(text) {
+            // The nil UUID keys the platform-level chain; no tenant can have it.
+            Ok(tenant) if tenant.is_nil() => Err(AppendError::Invalid(format!(
+                "metadata `{TENANT_KEY}` is the nil UUID, which is not a tenant; leave it out for a platform-level event"
+            ))),
+            Ok(tenant) => Ok(Some(tenant)),
+            Err(_) => Err(AppendError::Invalid(format!(
+                "metadata `{TENANT_KEY}` is not a UUID: {text:?}"
+            ))),
+        },
         Some(other) => Err(AppendError::Invalid(format!(
             "metadata `{TENANT_KEY}` must be a UUID string, found {other}"
         ))),

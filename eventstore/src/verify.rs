@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::canonical::{CanonicalError, Digest32, ZERO_HASH};
 use crate::error::StoreError;
-use crate::reader::LogReader;
+use crate::reader::{LogHead, LogReader};
 use crate::record::RecordedEvent;
 
 /// The first fault found, and where.
@@ -69,6 +69,13 @@ pub enum FaultReason {
     },
     /// The stored columns cannot be encoded (they break the encoding's rules).
     Unencodable(CanonicalError),
+    /// Events exist beyond the position the log head names: the head was moved back.
+    BeyondHead {
+        /// The position the head names.
+        head_position: i64,
+        /// The last position present in the table.
+        last_position: i64,
+    },
     /// The log head does not name the last event: it was moved, or the tail was altered.
     HeadMismatch {
         /// The head's hash.
@@ -107,6 +114,13 @@ impl fmt::Display for FaultReason {
                 "content altered: stored hash {stored}, but the content hashes to {computed}"
             ),
             Self::Unencodable(err) => write!(f, "content cannot be encoded: {err}"),
+            Self::BeyondHead {
+                head_position,
+                last_position,
+            } => write!(
+                f,
+                "events up to {last_position} exist beyond the log head at {head_position}"
+            ),
             Self::HeadMismatch {
                 head_hash,
                 event_hash,
@@ -146,7 +160,18 @@ impl LogReader {
     /// hash of the event before it.
     pub async fn verify(&self, from: i64, to: Option<i64>) -> Result<Verification, StoreError> {
         let from = from.max(1);
-        let head = self.head().await?;
+        // The head and the last position present, read in one snapshot.
+        let row = sqlx::query(
+            "SELECT h.position, h.hash, (SELECT max(global_position) FROM events) AS last \
+               FROM log_head h",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        let head = LogHead {
+            position: row.try_get("position")?,
+            hash: digest_column(&row)?,
+        };
+        let last: Option<i64> = row.try_get("last")?;
         let to = to.unwrap_or(head.position);
         let mut report = Verification {
             from,
@@ -155,6 +180,9 @@ impl LogReader {
             last_hash: ZERO_HASH,
             fault: None,
         };
+        if from > to {
+            return Ok(report);
+        }
 
         let mut prev = if from == 1 {
             ZERO_HASH
@@ -206,6 +234,18 @@ impl LogReader {
             report.fault = Some(ChainFault {
                 position: expected,
                 reason: FaultReason::Missing { next_present: None },
+            });
+            return Ok(report);
+        }
+        if to == head.position
+            && let Some(last) = last.filter(|last| *last > head.position)
+        {
+            report.fault = Some(ChainFault {
+                position: head.position + 1,
+                reason: FaultReason::BeyondHead {
+                    head_position: head.position,
+                    last_position: last,
+                },
             });
             return Ok(report);
         }

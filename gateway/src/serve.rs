@@ -104,7 +104,10 @@ async fn applied_count(pool: &PgPool) -> usize {
 }
 
 async fn app_pool(url: &str) -> Result<PgPool> {
-    let app = options(url, "--database-url")?;
+    // A session whose client vanished mid-transaction could hold the log head's lock until
+    // TCP noticed; the server ends such a session after a minute instead.
+    let app =
+        options(url, "--database-url")?.options([("idle_in_transaction_session_timeout", "60s")]);
     PgPoolOptions::new()
         .max_connections(16)
         .acquire_timeout(CONNECT_TIMEOUT)

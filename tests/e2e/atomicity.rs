@@ -175,5 +175,18 @@ async fn an_append_with_one_bad_event_writes_none_of_them() {
         err.to_string(),
         "cannot append: metadata `tenant_id` is not a UUID: \"acme\""
     );
+
+    tenant[0].metadata = serde_json::json!({"tenant_id": Uuid::nil().to_string()});
+    let err = store.repository.append(&tenant, None).await.unwrap_err();
+    assert!(err.to_string().contains("nil UUID"), "{err}");
+
+    let mut deep = serde_json::json!("bottom");
+    for _ in 0..200 {
+        deep = serde_json::json!([deep]);
+    }
+    let mut nested = events("ledger-c", 1, 1, None);
+    nested[0].payload = deep;
+    let err = store.repository.append(&nested, None).await.unwrap_err();
+    assert!(err.to_string().contains("deeper than 64 levels"), "{err}");
     assert_eq!(assert_log_invariants(&db.admin).await, 0);
 }

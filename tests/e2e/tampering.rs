@@ -195,6 +195,26 @@ async fn a_moved_log_head_is_detected() {
     );
 }
 
+#[tokio::test]
+async fn a_head_moved_back_over_existing_events_is_detected() {
+    let (db, store) = seeded().await;
+    sqlx::query(
+        "UPDATE log_head SET position = 25, hash = (SELECT hash FROM events WHERE global_position = 25)",
+    )
+    .execute(&db.admin)
+    .await
+    .unwrap();
+    let fault = store.reader.verify(1, None).await.unwrap().fault.unwrap();
+    assert_eq!(fault.position, 26);
+    assert_eq!(
+        fault.reason,
+        FaultReason::BeyondHead {
+            head_position: 25,
+            last_position: 30
+        }
+    );
+}
+
 fn sqlstate(err: &sqlx::Error) -> Option<String> {
     err.as_database_error()
         .and_then(|db| db.code())
