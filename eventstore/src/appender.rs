@@ -2,16 +2,22 @@
 //! few, large transactions.
 //!
 //! Commands send their prepared events over a channel. The task takes whatever has queued
-//! up (up to a bound), and writes it in one transaction:
+//! up (up to a bound), and writes it in one transaction on a connection of its own:
 //!
-//! 1. lock the `log_head` row, and in the same statement read the current sequence of every
-//!    aggregate in the batch and the head hash of every tenant in it;
-//! 2. decide, in memory, which appends are current: an append whose expected sequence is
-//!    stale is refused alone, and the rest go on;
-//! 3. assign positions after the head, gap-free, and chain the hashes;
-//! 4. insert every event with one multi-row `INSERT ... SELECT FROM unnest(...)`, move the
-//!    tenant heads and the log head in the same statement, write snapshots;
-//! 5. commit, and answer every command.
+//! 1. `BEGIN` and lock the `log_head` row, in one round trip;
+//! 2. decide, in memory, which appends are current, and give the accepted events the
+//!    positions after the head and their chained hashes;
+//! 3. in one statement: check that each aggregate is at the sequence the batch assumed, and
+//!    only then insert every event (`INSERT ... SELECT FROM unnest(...)`), move the tenant
+//!    heads and the log head, and write snapshots;
+//! 4. commit, and answer every command.
+//!
+//! The appender remembers the head of each tenant chain it wrote, and trusts that memory
+//! only while the head it locks is the head it left: if another process appended in between,
+//! or a tenant is new to it, it reads the chain heads (and the aggregates' sequences) under
+//! the lock first. When the statement's check finds an append stale, nothing has been
+//! written: the appender reads the sequences under the lock it still holds, refuses the stale
+//! appends alone, and writes the rest.
 //!
 //! While one batch commits, the next one queues, so batches grow with load and a lone
 //! writer pays for one small transaction. Holding the head lock makes positions commit in
@@ -23,7 +29,7 @@ use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{Connection, Executor, PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -164,6 +170,7 @@ impl Appender {
 }
 
 async fn run(pool: PgPool, config: AppenderConfig, mut receiver: mpsc::Receiver<Job>) {
+    let mut writer = Writer::new(pool);
     let mut batch: Vec<Job> = Vec::new();
     while let Some(first) = receiver.recv().await {
         let mut events = first.append.events.len();
@@ -177,11 +184,16 @@ async fn run(pool: PgPool, config: AppenderConfig, mut receiver: mpsc::Receiver<
                 Err(_) => break,
             }
         }
-        write_batch(&pool, std::mem::take(&mut batch)).await;
+        writer.write_batch(std::mem::take(&mut batch)).await;
     }
 }
 
 type Outcome = Result<AppendReceipt, AppendError>;
+
+/// `connect` and `resolve` return boxed `Send` futures that own what they use: written as
+/// plain `async fn`s borrowing the pool, the appender's future fails the compiler's `Send`
+/// check for borrows held across awaits (rust-lang/rust#100013).
+type BoxedFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 enum BatchError {
     /// The transaction failed before the commit was sent: nothing was written.
@@ -195,44 +207,101 @@ enum BatchError {
     },
 }
 
-#[tracing::instrument(level = "debug", skip_all, fields(appends = jobs.len()))]
-async fn write_batch(pool: &PgPool, mut jobs: Vec<Job>) {
-    // A command that stopped waiting before its batch began (its task was cancelled) is
-    // not appended: nobody would learn the outcome.
-    jobs.retain(|job| !job.reply.is_closed());
-    if jobs.is_empty() {
-        return;
-    }
-    let appends: Vec<&PendingAppend> = jobs.iter().map(|job| &job.append).collect();
-    match try_write(pool, &appends).await {
-        Ok(outcomes) => reply_all(jobs, outcomes),
-        Err(BatchError::Failed(error)) if jobs.len() > 1 && !is_connection_error(&error) => {
-            // Something in the batch broke the transaction. Write each append alone, so that
-            // only the one at fault fails.
-            tracing::warn!(
-                "batch of {} appends failed, retrying one by one: {error}",
-                jobs.len()
-            );
-            for job in jobs {
-                let outcome = match try_write(pool, &[&job.append]).await {
-                    Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(AppendError::Stopped)),
-                    Err(err) => match resolve(pool, err).await {
-                        Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(AppendError::Stopped)),
-                        Err(failure) => Err(failure),
-                    },
-                };
-                let _ = job.reply.send(outcome);
-            }
+/// The appender's connection, and what it remembers of the chains it wrote.
+struct Writer {
+    pool: PgPool,
+    connection: Option<PgConnection>,
+    /// The log head this appender left after its last commit, if nobody has moved it since
+    /// as far as it knows.
+    head: Option<i64>,
+    /// The hash of each tenant chain's last event, valid while `head` is the log head.
+    tenants: HashMap<Uuid, Digest32>,
+}
+
+impl Writer {
+    fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            connection: None,
+            head: None,
+            tenants: HashMap::new(),
         }
-        Err(err) => match resolve(pool, err).await {
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(appends = jobs.len()))]
+    async fn write_batch(&mut self, mut jobs: Vec<Job>) {
+        // A command that stopped waiting before its batch began (its task was cancelled) is
+        // not appended: nobody would learn the outcome.
+        jobs.retain(|job| !job.reply.is_closed());
+        if jobs.is_empty() {
+            return;
+        }
+        let appends: Vec<&PendingAppend> = jobs.iter().map(|job| &job.append).collect();
+        match self.write(&appends).await {
             Ok(outcomes) => reply_all(jobs, outcomes),
-            Err(failure) => {
+            Err(BatchError::Failed(error)) if jobs.len() > 1 && !is_connection_error(&error) => {
+                // Something in the batch broke the transaction. Write each append alone, so
+                // that only the one at fault fails.
+                tracing::warn!(
+                    "batch of {} appends failed, retrying one by one: {error}",
+                    jobs.len()
+                );
                 for job in jobs {
-                    let _ = job.reply.send(Err(failure.clone()));
+                    let outcome = match self.write(&[&job.append]).await {
+                        Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(AppendError::Stopped)),
+                        Err(err) => match resolve(self.pool.clone(), err).await {
+                            Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(AppendError::Stopped)),
+                            Err(failure) => Err(failure),
+                        },
+                    };
+                    let _ = job.reply.send(outcome);
                 }
             }
-        },
+            Err(err) => match resolve(self.pool.clone(), err).await {
+                Ok(outcomes) => reply_all(jobs, outcomes),
+                Err(failure) => {
+                    for job in jobs {
+                        let _ = job.reply.send(Err(failure.clone()));
+                    }
+                }
+            },
+        }
     }
+
+    /// Writes one batch in one transaction on the appender's connection. On any failure the
+    /// connection is dropped, which ends its transaction, and what the appender remembered of
+    /// the chains is forgotten.
+    async fn write(&mut self, appends: &[&PendingAppend]) -> Result<Vec<Outcome>, BatchError> {
+        let mut connection = match self.connection.take() {
+            Some(connection) => connection,
+            None => connect(&self.pool).await.map_err(BatchError::Failed)?,
+        };
+        match write_batch(&mut connection, appends, self.head, &mut self.tenants).await {
+            Ok((outcomes, head)) => {
+                self.connection = Some(connection);
+                self.head = Some(head);
+                Ok(outcomes)
+            }
+            Err(err) => {
+                self.head = None;
+                self.tenants.clear();
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Opens the appender's own connection, with the pool's settings.
+fn connect(pool: &PgPool) -> BoxedFuture<'static, Result<PgConnection, sqlx::Error>> {
+    let options = pool.connect_options();
+    Box::pin(async move {
+        let mut connection = PgConnection::connect_with(&options).await?;
+        // The appender runs the same few statements for ever: plan them once.
+        connection
+            .execute("SET plan_cache_mode = force_generic_plan")
+            .await?;
+        Ok(connection)
+    })
 }
 
 fn reply_all(jobs: Vec<Job>, outcomes: Vec<Outcome>) {
@@ -248,33 +317,42 @@ const COMMIT_SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// Turns a failed batch into its answer. A failed commit is settled by asking the server
 /// for the transaction's status, waiting while it is still in progress (a commit can be
 /// durable yet not visible, for example while it waits for a synchronous standby).
-async fn resolve(pool: &PgPool, err: BatchError) -> Result<Vec<Outcome>, AppendError> {
-    match err {
-        BatchError::Failed(error) => Err(classify(error)),
-        BatchError::Commit {
-            error,
-            outcomes,
-            xid,
-        } => {
-            tracing::warn!("commit of an append batch failed, settling transaction {xid}: {error}");
-            let deadline = tokio::time::Instant::now() + COMMIT_SETTLE_TIMEOUT;
-            loop {
-                let status =
-                    sqlx::query_scalar::<_, Option<String>>("SELECT pg_xact_status($1::xid8)")
-                        .bind(&xid)
-                        .fetch_one(pool)
-                        .await;
-                match status.as_ref().map(Option::as_deref) {
-                    Ok(Some("committed")) => return Ok(outcomes),
-                    Ok(Some("aborted")) => return Err(classify(error)),
-                    Ok(Some("in progress")) | Err(_) if tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+fn resolve(
+    pool: PgPool,
+    err: BatchError,
+) -> BoxedFuture<'static, Result<Vec<Outcome>, AppendError>> {
+    Box::pin(async move {
+        match err {
+            BatchError::Failed(error) => Err(classify(error)),
+            BatchError::Commit {
+                error,
+                outcomes,
+                xid,
+            } => {
+                tracing::warn!(
+                    "commit of an append batch failed, settling transaction {xid}: {error}"
+                );
+                let deadline = tokio::time::Instant::now() + COMMIT_SETTLE_TIMEOUT;
+                loop {
+                    let status =
+                        sqlx::query_scalar::<_, Option<String>>("SELECT pg_xact_status($1::xid8)")
+                            .bind(&xid)
+                            .fetch_one(&pool)
+                            .await;
+                    match status.as_ref().map(Option::as_deref) {
+                        Ok(Some("committed")) => return Ok(outcomes),
+                        Ok(Some("aborted")) => return Err(classify(error)),
+                        Ok(Some("in progress")) | Err(_)
+                            if tokio::time::Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                        _ => return Err(AppendError::CommitUnknown(Arc::new(error))),
                     }
-                    _ => return Err(AppendError::CommitUnknown(Arc::new(error))),
                 }
             }
         }
-    }
+    })
 }
 
 fn classify(error: sqlx::Error) -> AppendError {
@@ -285,38 +363,36 @@ fn classify(error: sqlx::Error) -> AppendError {
     }
 }
 
-/// The reads that decide a batch: the current sequence of each aggregate ($1, $2) and the
-/// head hash of each tenant chain ($3, the nil UUID for platform-level events).
-macro_rules! batch_reads {
-    () => {
-        "ARRAY(SELECT COALESCE((SELECT max(e.sequence) FROM events e \
-                                 WHERE e.aggregate_type = a.aggregate_type \
-                                   AND e.aggregate_id = a.aggregate_id), 0) \
-                 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY \
-                      AS a(aggregate_type, aggregate_id, n) \
-                ORDER BY a.n) AS sequences, \
-         ARRAY(SELECT COALESCE(t.hash, decode(repeat('00', 32), 'hex')) \
-                 FROM unnest($3::uuid[]) WITH ORDINALITY AS k(tenant_id, n) \
-                 LEFT JOIN tenant_heads t ON t.tenant_id = k.tenant_id \
-                ORDER BY k.n) AS tenant_hashes"
-    };
-}
+/// Opens the transaction and locks the log head, in one round trip (no parameters, so the
+/// simple protocol can carry both statements).
+const LOCK: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; \
+     SELECT position, hash, pg_current_xact_id()::text AS xid FROM log_head FOR UPDATE";
 
-/// Locks the log head and reads the batch's facts in one round trip. The reads use the
-/// statement's snapshot, taken before the lock was granted; `seen_position` tells whether
-/// another appender committed in between, in which case the reads are repeated.
-const LOCK_AND_READ: &str = concat!(
-    "WITH head AS (SELECT position, hash FROM log_head FOR UPDATE) \
-     SELECT head.position, head.hash, (SELECT position FROM log_head) AS seen_position, \
-            pg_current_xact_id()::text AS xid, ",
-    batch_reads!(),
-    " FROM head"
-);
+/// Reads, under the lock, the current sequence of each aggregate ($1, $2) and the head hash
+/// of each tenant chain ($3; the nil UUID keys the platform-level chain).
+const READ: &str = "\
+SELECT ARRAY(SELECT COALESCE((SELECT max(e.sequence) FROM events e
+                               WHERE e.aggregate_type = a.aggregate_type
+                                 AND e.aggregate_id = a.aggregate_id), 0)
+               FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS a(aggregate_type, aggregate_id, n)
+              ORDER BY a.n) AS sequences,
+       ARRAY(SELECT COALESCE(t.hash, decode(repeat('00', 32), 'hex'))
+               FROM unnest($3::uuid[]) WITH ORDINALITY AS k(tenant_id, n)
+               LEFT JOIN tenant_heads t ON t.tenant_id = k.tenant_id
+              ORDER BY k.n) AS tenant_hashes";
 
-const READ: &str = concat!("SELECT ", batch_reads!());
-
+/// Writes a batch, provided every aggregate in $20..$22 is at the sequence the batch assumed
+/// for it. If one is not, nothing is written and `written` is false. Every sub-statement
+/// sees the same snapshot, taken after the head lock was granted.
 const WRITE: &str = "\
-WITH appended AS (
+WITH stale AS (
+    SELECT 1
+      FROM unnest($20::text[], $21::text[], $22::bigint[]) AS c(aggregate_type, aggregate_id, sequence)
+     WHERE COALESCE((SELECT max(e.sequence) FROM events e
+                      WHERE e.aggregate_type = c.aggregate_type
+                        AND e.aggregate_id = c.aggregate_id), 0) <> c.sequence
+     LIMIT 1
+), appended AS (
     INSERT INTO events (global_position, event_id, aggregate_type, aggregate_id, sequence,
                         event_type, event_version, tenant_id, recorded_at, payload, metadata,
                         prev_hash, tenant_prev_hash, hash)
@@ -328,22 +404,27 @@ WITH appended AS (
                   $14::bytea[])
            AS e(global_position, event_id, aggregate_type, aggregate_id, sequence, event_type,
                 event_version, tenant_id, payload, metadata, prev_hash, tenant_prev_hash, hash)
+     WHERE NOT EXISTS (SELECT 1 FROM stale)
 ), tenants AS (
     INSERT INTO tenant_heads (tenant_id, position, hash)
-    SELECT * FROM unnest($15::uuid[], $16::bigint[], $17::bytea[])
+    SELECT t.tenant_id, t.position, t.hash
+      FROM unnest($15::uuid[], $16::bigint[], $17::bytea[]) AS t(tenant_id, position, hash)
+     WHERE NOT EXISTS (SELECT 1 FROM stale)
     ON CONFLICT (tenant_id) DO UPDATE SET position = EXCLUDED.position, hash = EXCLUDED.hash
+), snapshotted AS (
+    INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+    SELECT s.aggregate_type, s.aggregate_id, s.last_sequence, s.current_snapshot, s.payload::jsonb
+      FROM unnest($23::text[], $24::text[], $25::bigint[], $26::bigint[], $27::text[])
+           AS s(aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+     WHERE NOT EXISTS (SELECT 1 FROM stale)
+    ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+       SET last_sequence = EXCLUDED.last_sequence,
+           current_snapshot = EXCLUDED.current_snapshot,
+           payload = EXCLUDED.payload
+), head AS (
+    UPDATE log_head SET position = $18, hash = $19 WHERE NOT EXISTS (SELECT 1 FROM stale)
 )
-UPDATE log_head SET position = $18, hash = $19";
-
-const WRITE_SNAPSHOTS: &str = "\
-INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
-SELECT s.aggregate_type, s.aggregate_id, s.last_sequence, s.current_snapshot, s.payload::jsonb
-  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[])
-       AS s(aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
-ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
-   SET last_sequence = EXCLUDED.last_sequence,
-       current_snapshot = EXCLUDED.current_snapshot,
-       payload = EXCLUDED.payload";
+SELECT NOT EXISTS (SELECT 1 FROM stale) AS written";
 
 /// The columns of the multi-row insert, one vector per column.
 #[derive(Default)]
@@ -372,87 +453,121 @@ struct Snapshots<'a> {
     payload: Vec<&'a str>,
 }
 
+/// The assumptions a plan made: each aggregate's sequence before the batch.
+#[derive(Default)]
+struct Checks<'a> {
+    aggregate_type: Vec<&'a str>,
+    aggregate_id: Vec<&'a str>,
+    sequence: Vec<i64>,
+}
+
+/// What one batch will write, and what each append is told.
+struct Plan<'a> {
+    rows: Rows<'a>,
+    snapshots: Snapshots<'a>,
+    checks: Checks<'a>,
+    outcomes: Vec<Outcome>,
+    /// Tenant chains the batch moves, with their new heads.
+    moved: Vec<(Uuid, i64, Digest32)>,
+    head_position: i64,
+    head_hash: Digest32,
+}
+
+/// The distinct aggregates and tenant chains of a batch, in first-seen order.
+struct BatchKeys<'a> {
+    aggregates: HashMap<(&'a str, &'a str), usize>,
+    aggregate_types: Vec<&'a str>,
+    aggregate_ids: Vec<&'a str>,
+    tenants: Vec<Uuid>,
+}
+
+impl<'a> BatchKeys<'a> {
+    fn of(appends: &[&'a PendingAppend]) -> Self {
+        let mut keys = Self {
+            aggregates: HashMap::new(),
+            aggregate_types: Vec::new(),
+            aggregate_ids: Vec::new(),
+            tenants: Vec::new(),
+        };
+        let mut tenants_seen: HashMap<Uuid, ()> = HashMap::new();
+        for append in appends {
+            let key = (append.aggregate_type.as_str(), append.aggregate_id.as_str());
+            if let Entry::Vacant(slot) = keys.aggregates.entry(key) {
+                slot.insert(keys.aggregate_types.len());
+                keys.aggregate_types.push(key.0);
+                keys.aggregate_ids.push(key.1);
+            }
+            for event in &append.events {
+                let tenant = tenant_key(event.tenant_id);
+                if tenants_seen.insert(tenant, ()).is_none() {
+                    keys.tenants.push(tenant);
+                }
+            }
+        }
+        keys
+    }
+
+    fn slot(&self, append: &PendingAppend) -> usize {
+        self.aggregates
+            .get(&(append.aggregate_type.as_str(), append.aggregate_id.as_str()))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
 fn tenant_key(tenant: Option<Uuid>) -> Uuid {
     tenant.unwrap_or(Uuid::nil())
 }
 
-fn digest(bytes: &[u8], column: &str) -> Result<Digest32, sqlx::Error> {
-    Digest32::from_slice(bytes).ok_or_else(|| {
-        sqlx::Error::Decode(format!("{column} holds {} bytes, not 32", bytes.len()).into())
-    })
+fn decode_error(message: String) -> sqlx::Error {
+    sqlx::Error::Decode(message.into())
 }
 
-async fn try_write(pool: &PgPool, appends: &[&PendingAppend]) -> Result<Vec<Outcome>, BatchError> {
-    // The distinct aggregates and tenant chains of the batch, in first-seen order.
-    let mut aggregates: HashMap<(&str, &str), usize> = HashMap::new();
-    let (mut aggregate_types, mut aggregate_ids) = (Vec::new(), Vec::new());
-    let mut tenants: HashMap<Uuid, usize> = HashMap::new();
-    let mut tenant_keys = Vec::new();
-    for append in appends {
-        let key = (append.aggregate_type.as_str(), append.aggregate_id.as_str());
-        if let Entry::Vacant(slot) = aggregates.entry(key) {
-            slot.insert(aggregate_types.len());
-            aggregate_types.push(key.0);
-            aggregate_ids.push(key.1);
-        }
-        for event in &append.events {
-            if let Entry::Vacant(slot) = tenants.entry(tenant_key(event.tenant_id)) {
-                slot.insert(tenant_keys.len());
-                tenant_keys.push(tenant_key(event.tenant_id));
-            }
-        }
-    }
+fn digest(bytes: &[u8], column: &str) -> Result<Digest32, sqlx::Error> {
+    Digest32::from_slice(bytes)
+        .ok_or_else(|| decode_error(format!("{column} holds {} bytes, not 32", bytes.len())))
+}
 
-    // The head lock relies on READ COMMITTED: each statement sees what committed before it.
-    let mut tx: Transaction<'_, Postgres> = pool
-        .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
-        .await
-        .map_err(BatchError::Failed)?;
-    let row = sqlx::query(LOCK_AND_READ)
-        .bind(&aggregate_types)
-        .bind(&aggregate_ids)
-        .bind(&tenant_keys)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(BatchError::Failed)?;
-    let head_position: i64 = row.try_get("position").map_err(BatchError::Failed)?;
-    let head_hash: Vec<u8> = row.try_get("hash").map_err(BatchError::Failed)?;
-    let seen_position: i64 = row.try_get("seen_position").map_err(BatchError::Failed)?;
-    let xid: String = row.try_get("xid").map_err(BatchError::Failed)?;
-    let row = if seen_position == head_position {
-        row
-    } else {
-        // Another appender committed while this one waited for the lock: read again, with
-        // a snapshot that includes its events.
-        sqlx::query(READ)
-            .bind(&aggregate_types)
-            .bind(&aggregate_ids)
-            .bind(&tenant_keys)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(BatchError::Failed)?
+/// Decides a batch. With `known` sequences, an append is accepted when its aggregate is at
+/// the sequence it expects; without them, the first append of each aggregate is assumed
+/// current and the assumption is recorded in the plan's checks.
+fn plan<'a>(
+    appends: &[&'a PendingAppend],
+    keys: &BatchKeys<'a>,
+    known: Option<&[i64]>,
+    tenant_heads: &HashMap<Uuid, Digest32>,
+    head: (i64, Digest32),
+    recorded_at: DateTime<Utc>,
+) -> Plan<'a> {
+    let mut sequences: Vec<Option<i64>> = match known {
+        Some(known) => known.iter().copied().map(Some).collect(),
+        None => vec![None; keys.aggregate_types.len()],
     };
-    let mut sequences: Vec<i64> = row.try_get("sequences").map_err(BatchError::Failed)?;
-    let tenant_hashes: Vec<Vec<u8>> = row.try_get("tenant_hashes").map_err(BatchError::Failed)?;
-    let mut tenant_heads = tenant_hashes
-        .iter()
-        .map(|bytes| digest(bytes, "tenant_heads.hash"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(BatchError::Failed)?;
-    let mut tenant_positions: Vec<Option<i64>> = vec![None; tenant_keys.len()];
-    let mut prev = digest(&head_hash, "log_head.hash").map_err(BatchError::Failed)?;
-
-    let recorded_at: DateTime<Utc> = Utc::now().trunc_subsecs(6);
-    let mut position = head_position;
-    let mut rows = Rows::default();
-    let mut snapshots = Snapshots::default();
-    let mut outcomes = Vec::with_capacity(appends.len());
+    let mut chains: HashMap<Uuid, (i64, Digest32)> = HashMap::new();
+    let (mut position, mut prev) = head;
+    let mut plan = Plan {
+        rows: Rows::default(),
+        snapshots: Snapshots::default(),
+        checks: Checks::default(),
+        outcomes: Vec::with_capacity(appends.len()),
+        moved: Vec::new(),
+        head_position: position,
+        head_hash: prev,
+    };
     for append in appends {
-        let slot = aggregates[&(append.aggregate_type.as_str(), append.aggregate_id.as_str())];
-        let actual = sequences[slot];
+        let slot = keys.slot(append);
         let expected = append.first_sequence() - 1;
+        let actual = match sequences[slot] {
+            Some(actual) => actual,
+            None => {
+                plan.checks.aggregate_type.push(&append.aggregate_type);
+                plan.checks.aggregate_id.push(&append.aggregate_id);
+                plan.checks.sequence.push(expected);
+                expected
+            }
+        };
         if expected != actual {
-            outcomes.push(Err(AppendError::Conflict {
+            plan.outcomes.push(Err(AppendError::Conflict {
                 aggregate_type: append.aggregate_type.clone(),
                 aggregate_id: append.aggregate_id.clone(),
                 expected,
@@ -463,14 +578,19 @@ async fn try_write(pool: &PgPool, appends: &[&PendingAppend]) -> Result<Vec<Outc
         let first_position = position + 1;
         for event in &append.events {
             position += 1;
-            let chain = tenants[&tenant_key(event.tenant_id)];
+            let tenant = tenant_key(event.tenant_id);
+            let tenant_prev = match chains.get(&tenant) {
+                Some((_, hash)) => *hash,
+                None => tenant_heads.get(&tenant).copied().unwrap_or_default(),
+            };
             let links = Links {
                 global_position: position,
                 prev_hash: prev,
                 recorded_at,
-                tenant_prev_hash: tenant_heads[chain],
+                tenant_prev_hash: tenant_prev,
             };
             let hash = event.canonical.hash(&links);
+            let rows = &mut plan.rows;
             rows.global_position.push(position);
             rows.event_id.push(event.event_id);
             rows.aggregate_type.push(&append.aggregate_type);
@@ -482,43 +602,69 @@ async fn try_write(pool: &PgPool, appends: &[&PendingAppend]) -> Result<Vec<Outc
             rows.payload.push(event.canonical.payload_json());
             rows.metadata.push(event.canonical.metadata_json());
             rows.prev_hash.push(prev.0.to_vec());
-            rows.tenant_prev_hash.push(tenant_heads[chain].0.to_vec());
+            rows.tenant_prev_hash.push(tenant_prev.0.to_vec());
             rows.hash.push(hash.0.to_vec());
             prev = hash;
-            tenant_heads[chain] = hash;
-            tenant_positions[chain] = Some(position);
+            chains.insert(tenant, (position, hash));
         }
-        sequences[slot] = append.last_sequence();
+        sequences[slot] = Some(append.last_sequence());
         if let Some(snapshot) = &append.snapshot {
+            let snapshots = &mut plan.snapshots;
             snapshots.aggregate_type.push(&append.aggregate_type);
             snapshots.aggregate_id.push(&append.aggregate_id);
             snapshots.last_sequence.push(append.last_sequence());
             snapshots.current_snapshot.push(snapshot.current_snapshot);
             snapshots.payload.push(&snapshot.payload_json);
         }
-        outcomes.push(Ok(AppendReceipt {
+        plan.outcomes.push(Ok(AppendReceipt {
             first_position,
             last_position: position,
         }));
     }
+    plan.moved = chains
+        .into_iter()
+        .map(|(tenant, (at, hash))| (tenant, at, hash))
+        .collect();
+    plan.head_position = position;
+    plan.head_hash = prev;
+    plan
+}
 
-    if rows.global_position.is_empty() {
-        // Every append was refused: nothing to write.
-        tx.rollback().await.map_err(BatchError::Failed)?;
-        return Ok(outcomes);
-    }
+/// Reads the sequences of the batch's aggregates and the heads of its tenant chains.
+async fn read(
+    connection: &mut PgConnection,
+    keys: &BatchKeys<'_>,
+) -> Result<(Vec<i64>, Vec<Digest32>), sqlx::Error> {
+    let row = sqlx::query(READ)
+        .bind(&keys.aggregate_types)
+        .bind(&keys.aggregate_ids)
+        .bind(&keys.tenants)
+        .fetch_one(&mut *connection)
+        .await?;
+    let sequences: Vec<i64> = row.try_get("sequences")?;
+    let hashes: Vec<Vec<u8>> = row.try_get("tenant_hashes")?;
+    let hashes = hashes
+        .iter()
+        .map(|bytes| digest(bytes, "tenant_heads.hash"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((sequences, hashes))
+}
 
+/// Runs the plan's write. Returns whether it was written (every assumption held).
+async fn execute(
+    connection: &mut PgConnection,
+    plan: &Plan<'_>,
+    recorded_at: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
     let (mut moved_tenants, mut moved_positions, mut moved_hashes) =
         (Vec::new(), Vec::new(), Vec::new());
-    for (chain, moved) in tenant_positions.iter().enumerate() {
-        if let Some(at) = moved {
-            moved_tenants.push(tenant_keys[chain]);
-            moved_positions.push(*at);
-            moved_hashes.push(tenant_heads[chain].0.to_vec());
-        }
+    for (tenant, at, hash) in &plan.moved {
+        moved_tenants.push(*tenant);
+        moved_positions.push(*at);
+        moved_hashes.push(hash.0.to_vec());
     }
-
-    sqlx::query(WRITE)
+    let (rows, snapshots, checks) = (&plan.rows, &plan.snapshots, &plan.checks);
+    sqlx::query_scalar::<_, bool>(WRITE)
         .bind(&rows.global_position)
         .bind(&rows.event_id)
         .bind(&rows.aggregate_type)
@@ -536,30 +682,96 @@ async fn try_write(pool: &PgPool, appends: &[&PendingAppend]) -> Result<Vec<Outc
         .bind(&moved_tenants)
         .bind(&moved_positions)
         .bind(&moved_hashes)
-        .bind(position)
-        .bind(prev.0.to_vec())
-        .execute(&mut *tx)
+        .bind(plan.head_position)
+        .bind(plan.head_hash.0.to_vec())
+        .bind(&checks.aggregate_type)
+        .bind(&checks.aggregate_id)
+        .bind(&checks.sequence)
+        .bind(&snapshots.aggregate_type)
+        .bind(&snapshots.aggregate_id)
+        .bind(&snapshots.last_sequence)
+        .bind(&snapshots.current_snapshot)
+        .bind(&snapshots.payload)
+        .fetch_one(&mut *connection)
+        .await
+}
+
+/// One batch, one transaction. Returns each append's outcome and the log head after it.
+/// `remembered` is the head this appender left last time; `tenants` its memory of the
+/// tenant chains, trusted only if the head has not moved since.
+async fn write_batch(
+    connection: &mut PgConnection,
+    appends: &[&PendingAppend],
+    remembered: Option<i64>,
+    tenants: &mut HashMap<Uuid, Digest32>,
+) -> Result<(Vec<Outcome>, i64), BatchError> {
+    let keys = BatchKeys::of(appends);
+    // A plain string with no arguments goes over the simple protocol, which carries both
+    // statements in one round trip.
+    let row = connection
+        .fetch_one(LOCK)
         .await
         .map_err(BatchError::Failed)?;
+    let head_position: i64 = row.try_get("position").map_err(BatchError::Failed)?;
+    let head_hash: Vec<u8> = row.try_get("hash").map_err(BatchError::Failed)?;
+    let head_hash = digest(&head_hash, "log_head.hash").map_err(BatchError::Failed)?;
+    let xid: String = row.try_get("xid").map_err(BatchError::Failed)?;
+    if remembered != Some(head_position) {
+        // Another appender wrote since this one last did: what it remembers is stale.
+        tenants.clear();
+    }
 
-    if !snapshots.aggregate_type.is_empty() {
-        sqlx::query(WRITE_SNAPSHOTS)
-            .bind(&snapshots.aggregate_type)
-            .bind(&snapshots.aggregate_id)
-            .bind(&snapshots.last_sequence)
-            .bind(&snapshots.current_snapshot)
-            .bind(&snapshots.payload)
-            .execute(&mut *tx)
+    let recorded_at: DateTime<Utc> = Utc::now().trunc_subsecs(6);
+    let head = (head_position, head_hash);
+    let mut known = None;
+    if keys
+        .tenants
+        .iter()
+        .any(|tenant| !tenants.contains_key(tenant))
+    {
+        let (sequences, hashes) = read(connection, &keys).await.map_err(BatchError::Failed)?;
+        tenants.extend(keys.tenants.iter().copied().zip(hashes));
+        known = Some(sequences);
+    }
+    let mut plan = plan(appends, &keys, known.as_deref(), tenants, head, recorded_at);
+    let mut written = plan.rows.global_position.is_empty()
+        || execute(connection, &plan, recorded_at)
             .await
             .map_err(BatchError::Failed)?;
+    if !written {
+        // An append assumed current was stale. Nothing was written; the lock is still held,
+        // so the sequences read now are final.
+        let (sequences, _) = read(connection, &keys).await.map_err(BatchError::Failed)?;
+        plan = self::plan(appends, &keys, Some(&sequences), tenants, head, recorded_at);
+        written = plan.rows.global_position.is_empty()
+            || execute(connection, &plan, recorded_at)
+                .await
+                .map_err(BatchError::Failed)?;
+        if !written {
+            return Err(BatchError::Failed(decode_error(
+                "the log changed while its head was locked: something writes events without the appender"
+                    .to_owned(),
+            )));
+        }
     }
 
-    match tx.commit().await {
-        Ok(()) => Ok(outcomes),
-        Err(error) => Err(BatchError::Commit {
-            error,
-            outcomes,
-            xid,
-        }),
+    if plan.rows.global_position.is_empty() {
+        // Every append was refused: nothing to commit.
+        connection
+            .execute("ROLLBACK")
+            .await
+            .map_err(BatchError::Failed)?;
+        return Ok((plan.outcomes, head_position));
     }
+    if let Err(error) = connection.execute("COMMIT").await {
+        return Err(BatchError::Commit {
+            error,
+            outcomes: plan.outcomes,
+            xid,
+        });
+    }
+    for (tenant, _, hash) in &plan.moved {
+        tenants.insert(*tenant, *hash);
+    }
+    Ok((plan.outcomes, plan.head_position))
 }
