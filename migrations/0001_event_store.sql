@@ -20,15 +20,16 @@ CREATE TABLE events (
     event_version    text        NOT NULL,
     tenant_id        uuid,
     recorded_at      timestamptz NOT NULL,
-    payload          jsonb       NOT NULL,
-    metadata         jsonb       NOT NULL,
+    payload          json        NOT NULL,
+    metadata         json        NOT NULL,
     prev_hash        bytea       NOT NULL CHECK (octet_length(prev_hash) = 32),
     tenant_prev_hash bytea       NOT NULL CHECK (octet_length(tenant_prev_hash) = 32),
     hash             bytea       NOT NULL CHECK (octet_length(hash) = 32),
     CONSTRAINT events_aggregate_sequence_key UNIQUE (aggregate_type, aggregate_id, sequence)
 );
 
--- A tenant's slice of the log, in order (tenant export, tenant chain verification).
+-- A tenant's slice of the log, in order (tenant export, tenant chain verification), and the
+-- last event of a tenant's chain (the appender reads it when it extends the chain).
 CREATE INDEX events_tenant_position_idx ON events (tenant_id, global_position);
 
 -- The head of the log: one row, locked by every appending transaction. Its lock is what
@@ -40,21 +41,13 @@ CREATE TABLE log_head (
 );
 INSERT INTO log_head (singleton, position, hash) VALUES (true, 0, decode(repeat('00', 32), 'hex'));
 
--- The head of each tenant's chain, written in the same transaction as the events.
--- Platform-level events (tenant_id NULL) are keyed by the nil UUID here.
-CREATE TABLE tenant_heads (
-    tenant_id uuid   NOT NULL PRIMARY KEY,
-    position  bigint NOT NULL CHECK (position > 0),
-    hash      bytea  NOT NULL CHECK (octet_length(hash) = 32)
-);
-
 -- Aggregate snapshots for cqrs-es. Derived, replaceable state: not part of the record.
 CREATE TABLE snapshots (
     aggregate_type   text   NOT NULL,
     aggregate_id     text   NOT NULL,
     last_sequence    bigint NOT NULL CHECK (last_sequence >= 0),
     current_snapshot bigint NOT NULL CHECK (current_snapshot >= 0),
-    payload          jsonb  NOT NULL,
+    payload          json   NOT NULL,
     PRIMARY KEY (aggregate_type, aggregate_id)
 );
 

@@ -17,5 +17,4 @@ $$;
 GRANT USAGE ON SCHEMA public TO platform_app;
 GRANT SELECT, INSERT ON events TO platform_app;
 GRANT SELECT, UPDATE ON log_head TO platform_app;
-GRANT SELECT, INSERT, UPDATE ON tenant_heads TO platform_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON snapshots TO platform_app;

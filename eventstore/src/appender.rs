@@ -190,31 +190,47 @@ async fn run(pool: PgPool, config: AppenderConfig, mut receiver: mpsc::Receiver<
 
 type Outcome = Result<AppendReceipt, AppendError>;
 
-/// `connect` and `resolve` return boxed `Send` futures that own what they use: written as
+/// `connect` and `settle` return boxed `Send` futures that own what they use: written as
 /// plain `async fn`s borrowing the pool, the appender's future fails the compiler's `Send`
 /// check for borrows held across awaits (rust-lang/rust#100013).
 type BoxedFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 enum BatchError {
-    /// The transaction failed before the commit was sent: nothing was written.
+    /// The batch failed and was not committed: nothing was written.
     Failed(sqlx::Error),
-    /// The commit itself failed; whether it happened is unknown until checked.
-    Commit {
+    /// The connection broke while the batch may have been committing.
+    Ambiguous {
         error: sqlx::Error,
         outcomes: Vec<Outcome>,
-        /// The transaction's id, as text, to ask the server what became of it.
-        xid: String,
+        /// The id of the batch's first event: present in the log if and only if the batch
+        /// committed.
+        probe: Uuid,
+        /// The server process that ran the batch.
+        backend: Backend,
     },
 }
 
-/// The appender's connection, and what it remembers of the chains it wrote.
+/// The server process behind the appender's connection.
+#[derive(Debug, Clone, Copy)]
+struct Backend {
+    pid: i32,
+    started: DateTime<Utc>,
+}
+
+/// The appender's connection.
+struct Session {
+    connection: PgConnection,
+    backend: Backend,
+}
+
+/// The appender's connection, and what it remembers of the log it wrote.
 struct Writer {
     pool: PgPool,
-    connection: Option<PgConnection>,
-    /// The log head this appender left after its last commit, if nobody has moved it since
-    /// as far as it knows.
-    head: Option<i64>,
-    /// The hash of each tenant chain's last event, valid while `head` is the log head.
+    session: Option<Session>,
+    /// The log head (position and hash) this appender left after its last commit. While
+    /// the log head is still there, nobody else has appended since.
+    head: Option<(i64, Digest32)>,
+    /// The hash of the last event of each tenant chain, valid while `head` is the log head.
     tenants: HashMap<Uuid, Digest32>,
 }
 
@@ -222,7 +238,7 @@ impl Writer {
     fn new(pool: PgPool) -> Self {
         Self {
             pool,
-            connection: None,
+            session: None,
             head: None,
             tenants: HashMap::new(),
         }
@@ -240,8 +256,8 @@ impl Writer {
         match self.write(&appends).await {
             Ok(outcomes) => reply_all(jobs, outcomes),
             Err(BatchError::Failed(error)) if jobs.len() > 1 && !is_connection_error(&error) => {
-                // Something in the batch broke the transaction. Write each append alone, so
-                // that only the one at fault fails.
+                // Something in the batch broke its statement. Write each append alone, so that
+                // only the one at fault fails.
                 tracing::warn!(
                     "batch of {} appends failed, retrying one by one: {error}",
                     jobs.len()
@@ -249,7 +265,7 @@ impl Writer {
                 for job in jobs {
                     let outcome = match self.write(&[&job.append]).await {
                         Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(AppendError::Stopped)),
-                        Err(err) => match resolve(self.pool.clone(), err).await {
+                        Err(err) => match settle(self.pool.clone(), err).await {
                             Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(AppendError::Stopped)),
                             Err(failure) => Err(failure),
                         },
@@ -257,7 +273,7 @@ impl Writer {
                     let _ = job.reply.send(outcome);
                 }
             }
-            Err(err) => match resolve(self.pool.clone(), err).await {
+            Err(err) => match settle(self.pool.clone(), err).await {
                 Ok(outcomes) => reply_all(jobs, outcomes),
                 Err(failure) => {
                     for job in jobs {
@@ -268,17 +284,24 @@ impl Writer {
         }
     }
 
-    /// Writes one batch in one transaction on the appender's connection. On any failure the
-    /// connection is dropped, which ends its transaction, and what the appender remembered of
-    /// the chains is forgotten.
+    /// Writes one batch. On any failure the connection is dropped (which ends a transaction
+    /// it had open) and what the appender remembered of the log is forgotten.
     async fn write(&mut self, appends: &[&PendingAppend]) -> Result<Vec<Outcome>, BatchError> {
-        let mut connection = match self.connection.take() {
-            Some(connection) => connection,
+        let mut session = match self.session.take() {
+            Some(session) => session,
             None => connect(&self.pool).await.map_err(BatchError::Failed)?,
         };
-        match write_batch(&mut connection, appends, self.head, &mut self.tenants).await {
+        let result = write_batch(
+            &mut session.connection,
+            session.backend,
+            appends,
+            self.head,
+            &mut self.tenants,
+        )
+        .await;
+        match result {
             Ok((outcomes, head)) => {
-                self.connection = Some(connection);
+                self.session = Some(session);
                 self.head = Some(head);
                 Ok(outcomes)
             }
@@ -292,15 +315,29 @@ impl Writer {
 }
 
 /// Opens the appender's own connection, with the pool's settings.
-fn connect(pool: &PgPool) -> BoxedFuture<'static, Result<PgConnection, sqlx::Error>> {
+fn connect(pool: &PgPool) -> BoxedFuture<'static, Result<Session, sqlx::Error>> {
     let options = pool.connect_options();
     Box::pin(async move {
         let mut connection = PgConnection::connect_with(&options).await?;
-        // The appender runs the same few statements for ever: plan them once.
+        // The appender runs the same few statements for ever: plan them once. If the
+        // appender goes away in the middle of a statement (its task aborted, its process
+        // killed), the server notices within half a second, even while the statement waits
+        // for a lock, and rolls it back instead of committing an append nobody waits for.
         connection
-            .execute("SET plan_cache_mode = force_generic_plan")
+            .execute(
+                "SET plan_cache_mode = force_generic_plan; \
+                 SET client_connection_check_interval = '500ms'",
+            )
             .await?;
-        Ok(connection)
+        let (pid, started): (i32, DateTime<Utc>) = sqlx::query_as(
+            "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+        )
+        .fetch_one(&mut connection)
+        .await?;
+        Ok(Session {
+            connection,
+            backend: Backend { pid, started },
+        })
     })
 }
 
@@ -311,46 +348,61 @@ fn reply_all(jobs: Vec<Job>, outcomes: Vec<Outcome>) {
     }
 }
 
-/// How long to wait for the server to settle a transaction whose commit failed on the wire.
-const COMMIT_SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long to wait for the server to end the process of a batch whose outcome is unknown.
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Turns a failed batch into its answer. A failed commit is settled by asking the server
-/// for the transaction's status, waiting while it is still in progress (a commit can be
-/// durable yet not visible, for example while it waits for a synchronous standby).
-fn resolve(
+/// Turns a failed batch into its answer. When the connection broke while the batch may
+/// have been committing, the server process that ran it is ended and waited for: after that
+/// the batch is either in the log or not, for good, and its first event tells which.
+fn settle(
     pool: PgPool,
     err: BatchError,
 ) -> BoxedFuture<'static, Result<Vec<Outcome>, AppendError>> {
     Box::pin(async move {
-        match err {
-            BatchError::Failed(error) => Err(classify(error)),
-            BatchError::Commit {
+        let (error, outcomes, probe, backend) = match err {
+            BatchError::Failed(error) => return Err(classify(error)),
+            BatchError::Ambiguous {
                 error,
                 outcomes,
-                xid,
-            } => {
-                tracing::warn!(
-                    "commit of an append batch failed, settling transaction {xid}: {error}"
-                );
-                let deadline = tokio::time::Instant::now() + COMMIT_SETTLE_TIMEOUT;
-                loop {
-                    let status =
-                        sqlx::query_scalar::<_, Option<String>>("SELECT pg_xact_status($1::xid8)")
-                            .bind(&xid)
-                            .fetch_one(&pool)
-                            .await;
-                    match status.as_ref().map(Option::as_deref) {
-                        Ok(Some("committed")) => return Ok(outcomes),
-                        Ok(Some("aborted")) => return Err(classify(error)),
-                        Ok(Some("in progress")) | Err(_)
-                            if tokio::time::Instant::now() < deadline =>
-                        {
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        }
-                        _ => return Err(AppendError::CommitUnknown(Arc::new(error))),
-                    }
+                probe,
+                backend,
+            } => (error, outcomes, probe, backend),
+        };
+        tracing::warn!(
+            pid = backend.pid,
+            "the connection broke while a batch may have been committing; settling it: {error}"
+        );
+        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let gone = sqlx::query_scalar::<_, bool>(
+                "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_stat_activity
+                                           WHERE pid = $1 AND backend_start = $2)
+                             THEN pg_terminate_backend($1) AND false
+                             ELSE true
+                        END",
+            )
+            .bind(backend.pid)
+            .bind(backend.started)
+            .fetch_one(&pool)
+            .await;
+            match gone {
+                Ok(true) => break,
+                Ok(false) | Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
+                _ => return Err(AppendError::CommitUnknown(Arc::new(error))),
             }
+        }
+        let committed = sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE event_id = $1)",
+        )
+        .bind(probe)
+        .fetch_one(&pool)
+        .await;
+        match committed {
+            Ok(true) => Ok(outcomes),
+            Ok(false) => Err(classify(error)),
+            Err(_) => Err(AppendError::CommitUnknown(Arc::new(error))),
         }
     })
 }
@@ -363,68 +415,74 @@ fn classify(error: sqlx::Error) -> AppendError {
     }
 }
 
-/// Opens the transaction and locks the log head, in one round trip (no parameters, so the
+/// Opens a transaction and locks the log head, in one round trip (no parameters, so the
 /// simple protocol can carry both statements).
 const LOCK: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; \
-     SELECT position, hash, pg_current_xact_id()::text AS xid FROM log_head FOR UPDATE";
+     SELECT position, hash FROM log_head FOR UPDATE";
 
-/// Reads, under the lock, the current sequence of each aggregate ($1, $2) and the head hash
-/// of each tenant chain ($3; the nil UUID keys the platform-level chain).
+/// Reads the current sequence of each aggregate ($1, $2) and the hash of the last event of
+/// each tenant chain ($3; the nil UUID stands for the platform-level chain).
 const READ: &str = "\
 SELECT ARRAY(SELECT COALESCE((SELECT max(e.sequence) FROM events e
                                WHERE e.aggregate_type = a.aggregate_type
                                  AND e.aggregate_id = a.aggregate_id), 0)
                FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS a(aggregate_type, aggregate_id, n)
               ORDER BY a.n) AS sequences,
-       ARRAY(SELECT COALESCE(t.hash, decode(repeat('00', 32), 'hex'))
+       ARRAY(SELECT COALESCE(
+                      CASE WHEN k.tenant_id = '00000000-0000-0000-0000-000000000000'::uuid
+                           THEN (SELECT e.hash FROM events e WHERE e.tenant_id IS NULL
+                                  ORDER BY e.global_position DESC LIMIT 1)
+                           ELSE (SELECT e.hash FROM events e WHERE e.tenant_id = k.tenant_id
+                                  ORDER BY e.global_position DESC LIMIT 1)
+                      END,
+                      decode(repeat('00', 32), 'hex'))
                FROM unnest($3::uuid[]) WITH ORDINALITY AS k(tenant_id, n)
-               LEFT JOIN tenant_heads t ON t.tenant_id = k.tenant_id
               ORDER BY k.n) AS tenant_hashes";
 
-/// Writes a batch, provided every aggregate in $20..$22 is at the sequence the batch assumed
-/// for it. If one is not, nothing is written and `written` is false. Every sub-statement
-/// sees the same snapshot, taken after the head lock was granted.
+/// Writes a batch, provided the log head is still at $15 and every aggregate in $16..$18
+/// is at the sequence the batch assumed for it. Otherwise it writes nothing and `written`
+/// is false. Run alone, it is its own transaction: one round trip appends the batch.
+///
+/// Why the guard makes the reads sound: every append moves the head. If the head is still
+/// where this appender left it once the row lock is granted, nothing was appended since
+/// then, so the statement's snapshot (taken before any wait for the lock) holds every event.
 const WRITE: &str = "\
 WITH stale AS (
     SELECT 1
-      FROM unnest($20::text[], $21::text[], $22::bigint[]) AS c(aggregate_type, aggregate_id, sequence)
+      FROM unnest($16::text[], $17::text[], $18::bigint[]) AS c(aggregate_type, aggregate_id, sequence)
      WHERE COALESCE((SELECT max(e.sequence) FROM events e
                       WHERE e.aggregate_type = c.aggregate_type
                         AND e.aggregate_id = c.aggregate_id), 0) <> c.sequence
      LIMIT 1
+), head AS (
+    UPDATE log_head SET position = $19, hash = $20
+     WHERE position = $15 AND NOT EXISTS (SELECT 1 FROM stale)
+    RETURNING position
 ), appended AS (
     INSERT INTO events (global_position, event_id, aggregate_type, aggregate_id, sequence,
                         event_type, event_version, tenant_id, recorded_at, payload, metadata,
                         prev_hash, tenant_prev_hash, hash)
     SELECT e.global_position, e.event_id, e.aggregate_type, e.aggregate_id, e.sequence,
-           e.event_type, e.event_version, e.tenant_id, $9, e.payload::jsonb, e.metadata::jsonb,
+           e.event_type, e.event_version, e.tenant_id, $9, e.payload::json, e.metadata::json,
            e.prev_hash, e.tenant_prev_hash, e.hash
       FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::text[],
                   $7::text[], $8::uuid[], $10::text[], $11::text[], $12::bytea[], $13::bytea[],
                   $14::bytea[])
            AS e(global_position, event_id, aggregate_type, aggregate_id, sequence, event_type,
                 event_version, tenant_id, payload, metadata, prev_hash, tenant_prev_hash, hash)
-     WHERE NOT EXISTS (SELECT 1 FROM stale)
-), tenants AS (
-    INSERT INTO tenant_heads (tenant_id, position, hash)
-    SELECT t.tenant_id, t.position, t.hash
-      FROM unnest($15::uuid[], $16::bigint[], $17::bytea[]) AS t(tenant_id, position, hash)
-     WHERE NOT EXISTS (SELECT 1 FROM stale)
-    ON CONFLICT (tenant_id) DO UPDATE SET position = EXCLUDED.position, hash = EXCLUDED.hash
+     WHERE EXISTS (SELECT 1 FROM head)
 ), snapshotted AS (
     INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
-    SELECT s.aggregate_type, s.aggregate_id, s.last_sequence, s.current_snapshot, s.payload::jsonb
-      FROM unnest($23::text[], $24::text[], $25::bigint[], $26::bigint[], $27::text[])
+    SELECT s.aggregate_type, s.aggregate_id, s.last_sequence, s.current_snapshot, s.payload::json
+      FROM unnest($21::text[], $22::text[], $23::bigint[], $24::bigint[], $25::text[])
            AS s(aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
-     WHERE NOT EXISTS (SELECT 1 FROM stale)
+     WHERE EXISTS (SELECT 1 FROM head)
     ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
        SET last_sequence = EXCLUDED.last_sequence,
            current_snapshot = EXCLUDED.current_snapshot,
            payload = EXCLUDED.payload
-), head AS (
-    UPDATE log_head SET position = $18, hash = $19 WHERE NOT EXISTS (SELECT 1 FROM stale)
 )
-SELECT NOT EXISTS (SELECT 1 FROM stale) AS written";
+SELECT EXISTS (SELECT 1 FROM head) AS written";
 
 /// The columns of the multi-row insert, one vector per column.
 #[derive(Default)]
@@ -467,8 +525,10 @@ struct Plan<'a> {
     snapshots: Snapshots<'a>,
     checks: Checks<'a>,
     outcomes: Vec<Outcome>,
-    /// Tenant chains the batch moves, with their new heads.
-    moved: Vec<(Uuid, i64, Digest32)>,
+    /// The last event of each tenant chain the batch extends.
+    moved: HashMap<Uuid, Digest32>,
+    /// The head before the batch.
+    base: i64,
     head_position: i64,
     head_hash: Digest32,
 }
@@ -543,14 +603,14 @@ fn plan<'a>(
         Some(known) => known.iter().copied().map(Some).collect(),
         None => vec![None; keys.aggregate_types.len()],
     };
-    let mut chains: HashMap<Uuid, (i64, Digest32)> = HashMap::new();
     let (mut position, mut prev) = head;
     let mut plan = Plan {
         rows: Rows::default(),
         snapshots: Snapshots::default(),
         checks: Checks::default(),
         outcomes: Vec::with_capacity(appends.len()),
-        moved: Vec::new(),
+        moved: HashMap::new(),
+        base: position,
         head_position: position,
         head_hash: prev,
     };
@@ -579,8 +639,8 @@ fn plan<'a>(
         for event in &append.events {
             position += 1;
             let tenant = tenant_key(event.tenant_id);
-            let tenant_prev = match chains.get(&tenant) {
-                Some((_, hash)) => *hash,
+            let tenant_prev = match plan.moved.get(&tenant) {
+                Some(hash) => *hash,
                 None => tenant_heads.get(&tenant).copied().unwrap_or_default(),
             };
             let links = Links {
@@ -605,7 +665,7 @@ fn plan<'a>(
             rows.tenant_prev_hash.push(tenant_prev.0.to_vec());
             rows.hash.push(hash.0.to_vec());
             prev = hash;
-            chains.insert(tenant, (position, hash));
+            plan.moved.insert(tenant, hash);
         }
         sequences[slot] = Some(append.last_sequence());
         if let Some(snapshot) = &append.snapshot {
@@ -621,13 +681,19 @@ fn plan<'a>(
             last_position: position,
         }));
     }
-    plan.moved = chains
-        .into_iter()
-        .map(|(tenant, (at, hash))| (tenant, at, hash))
-        .collect();
     plan.head_position = position;
     plan.head_hash = prev;
     plan
+}
+
+impl Plan<'_> {
+    fn is_empty(&self) -> bool {
+        self.rows.global_position.is_empty()
+    }
+
+    fn probe(&self) -> Uuid {
+        self.rows.event_id.first().copied().unwrap_or_default()
+    }
 }
 
 /// Reads the sequences of the batch's aggregates and the heads of its tenant chains.
@@ -645,24 +711,18 @@ async fn read(
     let hashes: Vec<Vec<u8>> = row.try_get("tenant_hashes")?;
     let hashes = hashes
         .iter()
-        .map(|bytes| digest(bytes, "tenant_heads.hash"))
+        .map(|bytes| digest(bytes, "events.hash"))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((sequences, hashes))
 }
 
-/// Runs the plan's write. Returns whether it was written (every assumption held).
+/// Runs the plan's write. Returns whether it was written (the head and every assumption
+/// held).
 async fn execute(
     connection: &mut PgConnection,
     plan: &Plan<'_>,
     recorded_at: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
-    let (mut moved_tenants, mut moved_positions, mut moved_hashes) =
-        (Vec::new(), Vec::new(), Vec::new());
-    for (tenant, at, hash) in &plan.moved {
-        moved_tenants.push(*tenant);
-        moved_positions.push(*at);
-        moved_hashes.push(hash.0.to_vec());
-    }
     let (rows, snapshots, checks) = (&plan.rows, &plan.snapshots, &plan.checks);
     sqlx::query_scalar::<_, bool>(WRITE)
         .bind(&rows.global_position)
@@ -679,14 +739,12 @@ async fn execute(
         .bind(&rows.prev_hash)
         .bind(&rows.tenant_prev_hash)
         .bind(&rows.hash)
-        .bind(&moved_tenants)
-        .bind(&moved_positions)
-        .bind(&moved_hashes)
-        .bind(plan.head_position)
-        .bind(plan.head_hash.0.to_vec())
+        .bind(plan.base)
         .bind(&checks.aggregate_type)
         .bind(&checks.aggregate_id)
         .bind(&checks.sequence)
+        .bind(plan.head_position)
+        .bind(plan.head_hash.0.to_vec())
         .bind(&snapshots.aggregate_type)
         .bind(&snapshots.aggregate_id)
         .bind(&snapshots.last_sequence)
@@ -696,16 +754,49 @@ async fn execute(
         .await
 }
 
-/// One batch, one transaction. Returns each append's outcome and the log head after it.
-/// `remembered` is the head this appender left last time; `tenants` its memory of the
-/// tenant chains, trusted only if the head has not moved since.
+/// One batch. Returns each append's outcome and the log head after it.
+///
+/// When this appender knows the head (it wrote last, as far as it knows) and every tenant
+/// chain of the batch, it writes in one statement that is its own transaction, assuming each
+/// aggregate is at the sequence its first append expects; the statement checks the head and
+/// the assumptions and writes nothing if one fails. Otherwise, or then, it locks the head in
+/// a transaction, reads the sequences and chain heads, decides, writes and commits.
 async fn write_batch(
     connection: &mut PgConnection,
+    backend: Backend,
     appends: &[&PendingAppend],
-    remembered: Option<i64>,
+    remembered: Option<(i64, Digest32)>,
     tenants: &mut HashMap<Uuid, Digest32>,
-) -> Result<(Vec<Outcome>, i64), BatchError> {
+) -> Result<(Vec<Outcome>, (i64, Digest32)), BatchError> {
     let keys = BatchKeys::of(appends);
+    let recorded_at: DateTime<Utc> = Utc::now().trunc_subsecs(6);
+
+    if let Some(head) = remembered
+        && keys
+            .tenants
+            .iter()
+            .all(|tenant| tenants.contains_key(tenant))
+    {
+        let plan = plan(appends, &keys, None, tenants, head, recorded_at);
+        match execute(connection, &plan, recorded_at).await {
+            Ok(true) => {
+                tenants.extend(plan.moved.iter().map(|(tenant, hash)| (*tenant, *hash)));
+                return Ok((plan.outcomes, (plan.head_position, plan.head_hash)));
+            }
+            // Another appender moved the head, or an append was stale: nothing was written.
+            Ok(false) => {}
+            Err(error) if is_connection_error(&error) => {
+                return Err(BatchError::Ambiguous {
+                    error,
+                    probe: plan.probe(),
+                    outcomes: plan.outcomes,
+                    backend,
+                });
+            }
+            Err(error) => return Err(BatchError::Failed(error)),
+        }
+    }
+
     // A plain string with no arguments goes over the simple protocol, which carries both
     // statements in one round trip.
     let row = connection
@@ -714,64 +805,43 @@ async fn write_batch(
         .map_err(BatchError::Failed)?;
     let head_position: i64 = row.try_get("position").map_err(BatchError::Failed)?;
     let head_hash: Vec<u8> = row.try_get("hash").map_err(BatchError::Failed)?;
-    let head_hash = digest(&head_hash, "log_head.hash").map_err(BatchError::Failed)?;
-    let xid: String = row.try_get("xid").map_err(BatchError::Failed)?;
-    if remembered != Some(head_position) {
-        // Another appender wrote since this one last did: what it remembers is stale.
-        tenants.clear();
-    }
-
-    let recorded_at: DateTime<Utc> = Utc::now().trunc_subsecs(6);
-    let head = (head_position, head_hash);
-    let mut known = None;
-    if keys
-        .tenants
-        .iter()
-        .any(|tenant| !tenants.contains_key(tenant))
-    {
-        let (sequences, hashes) = read(connection, &keys).await.map_err(BatchError::Failed)?;
-        tenants.extend(keys.tenants.iter().copied().zip(hashes));
-        known = Some(sequences);
-    }
-    let mut plan = plan(appends, &keys, known.as_deref(), tenants, head, recorded_at);
-    let mut written = plan.rows.global_position.is_empty()
-        || execute(connection, &plan, recorded_at)
-            .await
-            .map_err(BatchError::Failed)?;
-    if !written {
-        // An append assumed current was stale. Nothing was written; the lock is still held,
-        // so the sequences read now are final.
-        let (sequences, _) = read(connection, &keys).await.map_err(BatchError::Failed)?;
-        plan = self::plan(appends, &keys, Some(&sequences), tenants, head, recorded_at);
-        written = plan.rows.global_position.is_empty()
-            || execute(connection, &plan, recorded_at)
-                .await
-                .map_err(BatchError::Failed)?;
-        if !written {
-            return Err(BatchError::Failed(decode_error(
-                "the log changed while its head was locked: something writes events without the appender"
-                    .to_owned(),
-            )));
-        }
-    }
-
-    if plan.rows.global_position.is_empty() {
+    let head = (
+        head_position,
+        digest(&head_hash, "log_head.hash").map_err(BatchError::Failed)?,
+    );
+    let (sequences, hashes) = read(connection, &keys).await.map_err(BatchError::Failed)?;
+    tenants.clear();
+    tenants.extend(keys.tenants.iter().copied().zip(hashes));
+    let plan = plan(appends, &keys, Some(&sequences), tenants, head, recorded_at);
+    if plan.is_empty() {
         // Every append was refused: nothing to commit.
         connection
             .execute("ROLLBACK")
             .await
             .map_err(BatchError::Failed)?;
-        return Ok((plan.outcomes, head_position));
+        return Ok((plan.outcomes, head));
+    }
+    let written = execute(connection, &plan, recorded_at)
+        .await
+        .map_err(BatchError::Failed)?;
+    if !written {
+        return Err(BatchError::Failed(decode_error(
+            "the log changed while its head was locked: something writes events without the appender"
+                .to_owned(),
+        )));
     }
     if let Err(error) = connection.execute("COMMIT").await {
-        return Err(BatchError::Commit {
-            error,
-            outcomes: plan.outcomes,
-            xid,
+        return Err(if is_connection_error(&error) {
+            BatchError::Ambiguous {
+                error,
+                probe: plan.probe(),
+                outcomes: plan.outcomes,
+                backend,
+            }
+        } else {
+            BatchError::Failed(error)
         });
     }
-    for (tenant, _, hash) in &plan.moved {
-        tenants.insert(*tenant, *hash);
-    }
-    Ok((plan.outcomes, plan.head_position))
+    tenants.extend(plan.moved.iter().map(|(tenant, hash)| (*tenant, *hash)));
+    Ok((plan.outcomes, (plan.head_position, plan.head_hash)))
 }

@@ -12,8 +12,9 @@ use crate::cli::{DatabaseArgs, ServeArgs};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const SERVICES_HINT: &str = "start the local services with scripts/services.sh";
 
-/// Applies the migrations as the schema owner.
+/// Creates the database if it is missing, and applies the migrations as the schema owner.
 pub async fn migrate(args: &DatabaseArgs) -> Result<()> {
+    create_database(args).await?;
     let applied = migrate_database(args).await?;
     say(&format!(
         "migrations: {applied} applied, the schema is current"
@@ -73,7 +74,24 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Creates the database if needed and applies the migrations. Returns how many ran.
+/// Creates the database named in the owner's URL if it does not exist, and says so.
+async fn create_database(args: &DatabaseArgs) -> Result<()> {
+    let admin = options(&args.admin_database_url, "--admin-database-url")?;
+    let created = schema::create_database_if_missing(&args.admin_database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach PostgreSQL as {}; {SERVICES_HINT}",
+                describe(&admin)
+            )
+        })?;
+    if created {
+        say(&format!("database: created {}", describe(&admin)));
+    }
+    Ok(())
+}
+
+/// Applies the migrations. Returns how many ran.
 async fn migrate_database(args: &DatabaseArgs) -> Result<usize> {
     let admin = options(&args.admin_database_url, "--admin-database-url")?;
     let pool = PgPoolOptions::new()

@@ -173,10 +173,19 @@ fn abort(message: &str) -> ! {
     std::process::exit(2);
 }
 
+/// The server every system runs against. Unless the URL names an `sslmode`, connections
+/// are plain TCP, as pgbench's are: TLS over loopback would cost every system alike and
+/// measure the cipher rather than the store.
 fn server_options() -> PgConnectOptions {
-    let options: PgConnectOptions = tests::admin_url()
+    let url = tests::admin_url();
+    let options: PgConnectOptions = url
         .parse()
         .unwrap_or_else(|err| abort(&format!("PLATFORM_TEST_ADMIN_URL is not a URL: {err}")));
+    let options = if url.contains("sslmode=") {
+        options
+    } else {
+        options.ssl_mode(sqlx::postgres::PgSslMode::Disable)
+    };
     options.log_statements(tracing::log::LevelFilter::Trace)
 }
 
@@ -456,7 +465,7 @@ fn expect_count(what: &str, found: i64, expected: u64) -> Result<String, String>
 }
 
 async fn run_eventstore(writers: usize, config: &Config) -> Cell {
-    let db = TestDb::with_app_connections(config.pool_size).await;
+    let db = TestDb::on(server_options(), config.pool_size).await;
     require_synchronous_commit(&db.app, "the event store's application pool").await;
     let tests::TestStore {
         repository,
@@ -600,7 +609,10 @@ fn report(cells: &[Cell], config: &Config) -> (String, bool) {
         let load = if cell.system == System::Raw {
             String::new()
         } else {
-            format!(", {} wallets", cell.total_ok.div_ceil(config.commands_per_wallet))
+            format!(
+                ", {} wallets",
+                cell.total_ok.div_ceil(config.commands_per_wallet)
+            )
         };
         let _ = writeln!(
             out,
@@ -739,7 +751,15 @@ async fn main() {
         version.split_whitespace().next().unwrap_or(&version)
     );
     println!(
-        "(fsync={fsync}, max_connections={max_connections}, pool {} connections for every system, {} commands per wallet, {} s warm-up, {cores} cores, fresh database per cell)",
+        "(fsync={fsync}, max_connections={max_connections}, TLS {}, pool {} connections for every system, {} commands per wallet, {} s warm-up, {cores} cores, fresh database per cell)",
+        if matches!(
+            server_options().get_ssl_mode(),
+            sqlx::postgres::PgSslMode::Disable
+        ) {
+            "off"
+        } else {
+            "as the URL says"
+        },
         config.pool_size,
         config.commands_per_wallet,
         config.warmup.as_secs_f64()

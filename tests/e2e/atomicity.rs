@@ -42,19 +42,33 @@ async fn count_of(db: &TestDb, aggregate_id: &str) -> i64 {
         .unwrap()
 }
 
-/// Locks the tenant's chain head, which the appender updates after inserting the events,
-/// so that the appender stops inside its transaction with the events written but not
-/// committed.
-async fn lock_tenant_head(db: &TestDb, tenant: Uuid) -> sqlx::Transaction<'static, sqlx::Postgres> {
+/// Holds, uncommitted, a row that takes the place of `ledger-b`'s third event, so that an
+/// append of `ledger-b` 1..=3 stops in the middle of its insert, after its first events and
+/// the log head were written, and waits for this transaction.
+async fn hold_the_third_event_of_ledger_b(
+    db: &TestDb,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
     let mut blocker = db.admin.begin().await.unwrap();
-    let locked: Option<i64> =
-        sqlx::query_scalar("SELECT position FROM tenant_heads WHERE tenant_id = $1 FOR UPDATE")
-            .bind(tenant)
-            .fetch_optional(&mut *blocker)
-            .await
-            .unwrap();
-    assert!(locked.is_some(), "the tenant has a chain head to lock");
+    sqlx::query(
+        "INSERT INTO events (global_position, event_id, aggregate_type, aggregate_id, sequence,
+                             event_type, event_version, tenant_id, recorded_at, payload, metadata,
+                             prev_hash, tenant_prev_hash, hash)
+         VALUES (1000000, gen_random_uuid(), 'Ledger', 'ledger-b', 3, 'Blocker', '1', NULL, now(),
+                 '{}', '{}', decode(repeat('00', 32), 'hex'), decode(repeat('00', 32), 'hex'),
+                 decode(repeat('00', 32), 'hex'))",
+    )
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
     blocker
+}
+
+async fn backend_state(db: &TestDb, pid: i32) -> Option<String> {
+    sqlx::query_scalar("SELECT state FROM pg_stat_activity WHERE pid = $1")
+        .bind(pid)
+        .fetch_optional(&db.admin)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +80,7 @@ async fn a_connection_dropped_inside_the_transaction_leaves_nothing_behind() {
         .await
         .unwrap();
 
-    let blocker = lock_tenant_head(&db, tenant).await;
+    let blocker = hold_the_third_event_of_ledger_b(&db).await;
     let pending = {
         let repository = store.repository.clone();
         tokio::spawn(async move { append(&repository, "ledger-b", 1, 3, Some(tenant)).await })
@@ -102,7 +116,7 @@ async fn an_aborted_appender_leaves_nothing_behind() {
         .await
         .unwrap();
 
-    let blocker = lock_tenant_head(&db, tenant).await;
+    let blocker = hold_the_third_event_of_ledger_b(&db).await;
     let pending = {
         let repository = store.repository.clone();
         tokio::spawn(async move { append(&repository, "ledger-b", 1, 3, Some(tenant)).await })
@@ -111,26 +125,18 @@ async fn an_aborted_appender_leaves_nothing_behind() {
     store.task.abort();
     let err = pending.await.unwrap().unwrap_err();
     assert!(matches!(err, AppendError::Stopped), "{err}");
-    blocker.rollback().await.unwrap();
 
-    // The aborted transaction ends without a commit: wait until its backend has left it.
+    // The server notices that the appender is gone and ends its statement, although the
+    // statement is still waiting for the test's lock: it never gets to commit.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM pg_stat_activity WHERE pid = $1")
-                .bind(pid)
-                .fetch_optional(&db.admin)
-                .await
-                .unwrap();
-        if !matches!(state.as_deref(), Some("active" | "idle in transaction")) {
-            break;
-        }
+    while let Some(state) = backend_state(&db, pid).await {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "backend {pid} stayed {state:?}"
+            "backend {pid} stayed {state}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    blocker.rollback().await.unwrap();
     assert_eq!(count_of(&db, "ledger-b").await, 0);
     assert_eq!(assert_log_invariants(&db.admin).await, 1);
 

@@ -60,15 +60,22 @@ async fn as_superuser_without_triggers(admin: &PgPool, statements: &[&str]) {
 #[tokio::test]
 async fn an_edited_byte_of_a_payload_is_named_by_position() {
     let (db, store) = seeded().await;
-    // Replace the first character of one string in the payload of event 12.
+    // Change one byte of the stored payload text of event 12: the first letter of its
+    // `entry` string.
     as_superuser_without_triggers(
         &db.admin,
-        &["UPDATE events
-              SET payload = jsonb_set(payload, '{entry}',
-                                      to_jsonb(overlay(payload->>'entry' placing 'X' from 1 for 1)))
-            WHERE global_position = 12"],
+        &[r#"UPDATE events
+                SET payload = overlay(payload::text placing 'X'
+                                      from strpos(payload::text, '"ledger-') + 1 for 1)::json
+              WHERE global_position = 12"#],
     )
     .await;
+    let edited: String =
+        sqlx::query_scalar("SELECT payload->>'entry' FROM events WHERE global_position = 12")
+            .fetch_one(&db.admin)
+            .await
+            .unwrap();
+    assert!(edited.starts_with("Xedger-"), "{edited}");
     let report = store.reader.verify(1, None).await.unwrap();
     let fault = report.fault.expect("the edit is detected");
     assert_eq!(fault.position, 12);

@@ -60,8 +60,14 @@ impl TestDb {
 
     /// Like [`TestDb::new`], with a given size of the application pool.
     pub async fn with_app_connections(max: u32) -> Self {
-        init_logging();
         let server: PgConnectOptions = admin_url().parse().expect("PLATFORM_TEST_ADMIN_URL");
+        Self::on(server, max).await
+    }
+
+    /// A database on the server `server` points at (as a superuser), with an application
+    /// pool of `max` connections using the same connection settings.
+    pub async fn on(server: PgConnectOptions, max: u32) -> Self {
+        init_logging();
         let server = server.log_statements(tracing::log::LevelFilter::Trace);
         let name = format!("platform_test_{}", Uuid::new_v4().simple());
         let mut conn = server
