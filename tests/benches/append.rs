@@ -283,7 +283,7 @@ impl Target {
     /// insert transaction.
     async fn append(&self, writer: usize, n: u64, per_wallet: u64) -> Result<(), String> {
         let wallet = format!("wallet-{writer:03}-{:07}", n / per_wallet);
-        let command = if n % per_wallet == 0 {
+        let command = if n.is_multiple_of(per_wallet) {
             WalletCommand::Open {
                 owner: format!("owner of {wallet}"),
             }
