@@ -2,27 +2,28 @@
 //! few, large transactions.
 //!
 //! Commands send their prepared events over a channel. The task takes whatever has queued
-//! up (up to a bound), and writes it in one transaction on a connection of its own:
+//! up (up to a bound) as one batch, on a connection of its own:
 //!
-//! 1. `BEGIN` and lock the `log_head` row, in one round trip;
-//! 2. decide, in memory, which appends are current, and give the accepted events the
-//!    positions after the head and their chained hashes;
-//! 3. in one statement: check that each aggregate is at the sequence the batch assumed, and
-//!    only then insert every event (`INSERT ... SELECT FROM unnest(...)`), move the tenant
-//!    heads and the log head, and write snapshots;
-//! 4. commit, and answer every command.
+//! 1. it decides, in memory, which appends are current, gives the accepted events the
+//!    positions after the head, and chains their hashes;
+//! 2. it writes the batch with one statement that is its own transaction: the statement
+//!    moves the log head only if the head is still where this appender left it and each
+//!    aggregate is at the sequence the batch assumed, and inserts every event
+//!    (`INSERT ... SELECT FROM unnest(...)`) and snapshot only if the head moved;
+//! 3. if that guard fails, nothing was written: the appender opens a transaction, locks the
+//!    head row, reads the sequences and tenant chain heads under the lock, decides again,
+//!    writes and commits. It does the same when it has not written before, or meets a tenant
+//!    chain it does not remember;
+//! 4. it answers every command.
 //!
-//! The appender remembers the head of each tenant chain it wrote, and trusts that memory
-//! only while the head it locks is the head it left: if another process appended in between,
-//! or a tenant is new to it, it reads the chain heads (and the aggregates' sequences) under
-//! the lock first. When the statement's check finds an append stale, nothing has been
-//! written: the appender reads the sequences under the lock it still holds, refuses the stale
-//! appends alone, and writes the rest.
+//! The guard is sound because every append moves the head: if the head row, once its lock
+//! is granted, still holds the position this appender left, nothing was appended since, so
+//! the statement's snapshot (taken before any wait for the lock) holds every event, and what
+//! the appender remembers of the tenant chains is current.
 //!
-//! While one batch commits, the next one queues, so batches grow with load and a lone
-//! writer pays for one small transaction. Holding the head lock makes positions commit in
-//! order across processes too: a second process's appender waits for the lock, and then
-//! sees everything the first one committed.
+//! While one batch is written, the next one queues, so batches grow with load and a lone
+//! writer pays for one statement. Positions are assigned only under the head row's lock, so
+//! they are gap-free and commit in order, across processes too.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
