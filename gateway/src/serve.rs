@@ -24,18 +24,7 @@ pub async fn migrate(args: &DatabaseArgs) -> Result<()> {
 
 /// Runs every role in one process until interrupted.
 pub async fn serve(args: &ServeArgs) -> Result<()> {
-    let admin = options(&args.database.admin_database_url, "--admin-database-url")?;
-    let created = schema::create_database_if_missing(&args.database.admin_database_url)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach PostgreSQL as {}; {SERVICES_HINT}",
-                describe(&admin)
-            )
-        })?;
-    if created {
-        say(&format!("database: created {}", describe(&admin)));
-    }
+    create_database(&args.database).await?;
     let applied = migrate_database(&args.database).await?;
     say(&format!(
         "migrations: {applied} applied, the schema is current"
@@ -140,6 +129,11 @@ async fn app_pool(url: &str) -> Result<PgPool> {
 }
 
 fn options(url: &str, flag: &str) -> Result<PgConnectOptions> {
+    anyhow::ensure!(
+        url.starts_with("postgres://") || url.starts_with("postgresql://"),
+        "{flag} must be a postgres:// URL, not {:?}",
+        url.split("://").next().unwrap_or(url)
+    );
     let options: PgConnectOptions = url
         .parse()
         .with_context(|| format!("{flag} is not a PostgreSQL URL"))?;
@@ -217,4 +211,26 @@ async fn shutdown_signal() {
 #[allow(clippy::print_stdout)]
 fn say(line: &str) {
     println!("{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_a_database_url_of_another_kind_by_flag() {
+        let err = options("mysql://root@localhost/platform", "--database-url").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--database-url must be a postgres:// URL, not \"mysql\""
+        );
+    }
+
+    #[test]
+    fn describes_a_connection_without_its_password() {
+        let url = "postgresql://app:s3cret@db.internal:6432/platform";
+        let described = describe(&options(url, "--database-url").unwrap());
+        assert_eq!(described, "app@db.internal:6432/platform");
+        assert!(!described.contains("s3cret"));
+    }
 }
