@@ -122,16 +122,17 @@ pub struct Appender {
 }
 
 /// The running appender task. Dropping it leaves the task running; [`AppenderTask::abort`]
-/// stops it at once: the transaction in flight is rolled back and its appends fail.
+/// stops it at once.
 #[derive(Debug)]
 pub struct AppenderTask {
     handle: JoinHandle<()>,
 }
 
 impl AppenderTask {
-    /// Stops the task immediately. Appends in flight fail with [`AppendError::Stopped`]: a
-    /// transaction that had not sent its commit is rolled back; one whose commit was already
-    /// on its way may still land, all of it or none.
+    /// Stops the task immediately. Appends in flight fail with [`AppendError::Stopped`]. The
+    /// server ends a statement whose client went away, even one waiting for a lock, so a
+    /// batch in flight is not committed, unless its commit was already under way: then it
+    /// lands whole.
     pub fn abort(&self) {
         self.handle.abort();
     }
@@ -710,6 +711,15 @@ async fn read(
         .await?;
     let sequences: Vec<i64> = row.try_get("sequences")?;
     let hashes: Vec<Vec<u8>> = row.try_get("tenant_hashes")?;
+    if sequences.len() != keys.aggregate_types.len() || hashes.len() != keys.tenants.len() {
+        return Err(decode_error(format!(
+            "read {} sequences and {} chain heads for {} aggregates and {} tenant chains",
+            sequences.len(),
+            hashes.len(),
+            keys.aggregate_types.len(),
+            keys.tenants.len()
+        )));
+    }
     let hashes = hashes
         .iter()
         .map(|bytes| digest(bytes, "events.hash"))
