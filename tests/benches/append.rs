@@ -5,20 +5,34 @@
 //! - (b) plain postgres-es 0.5 (`postgres_es::postgres_cqrs`) with its own schema,
 //! - (c) the raw limit: one single-row INSERT per transaction.
 //!
-//! Every cell (system × writer count) runs in a fresh database. Each writer is a Tokio task
-//! that works through wallets of its own, one after the other: it opens a wallet, makes
-//! deposits into it, and moves on to the next after `BENCH_COMMANDS_PER_WALLET` commands, so
-//! every aggregate stays small (as most are), no two writers ever touch the same aggregate,
-//! and conflicts cannot happen. After ~1 s of warm-up the completed commands are counted and
-//! their latencies recorded for a fixed time. At the end the databases are checked: the
-//! number of events must equal the successful commands (one event each), and (a)'s hash
-//! chain must verify. The `failures` column counts every
-//! failed command of the cell, warm-up included; any failure or failed check exits with 1.
+//! Every cell (system × writer count) has a fresh database of its own. Each writer is a
+//! Tokio task that works through wallets of its own, one after the other: it opens a wallet,
+//! makes deposits into it, and moves on to the next after `BENCH_COMMANDS_PER_WALLET`
+//! commands, so every aggregate stays small (as most are), no two writers ever touch the
+//! same aggregate, and conflicts cannot happen.
+//!
+//! The systems of a writer count are interleaved, so that they meet the same machine
+//! conditions on a noisy host: all of their databases are set up first, each system warms
+//! up once for `BENCH_WARMUP_SECONDS` (not measured), and then `BENCH_ROUNDS` rounds run
+//! every system for a slice of `BENCH_SECONDS / BENCH_ROUNDS` seconds, one after the other,
+//! round `r` starting at system `r % n` so that none always goes first. Every slice opens
+//! the system's connection pool afresh and connects `min(writers, BENCH_POOL)` connections
+//! before its clock starts, runs the writers for an unmeasured 250 ms and then until the
+//! slice ends, recording the latencies of the commands that start and complete inside the
+//! measured part, and closes the pool again (so only one
+//! benchmark pool is open at a time); an untimed 200 ms pause follows. Each writer's
+//! commands continue across slices where they left off. A cell's histograms and counts are
+//! merged over its rounds; its throughput is its measured commands over its measured
+//! seconds. At the end the databases are checked: the number of events must equal the
+//! successful commands (one event each), and (a)'s hash chain must verify. The `failures`
+//! column counts every failed command of the cell, warm-up included; any failure or failed
+//! check exits with 1.
 //!
 //! Run with `cargo bench -p tests --bench append`. Environment:
 //!
-//! - `BENCH_SECONDS` measured seconds per cell (default 5);
-//! - `BENCH_WARMUP_SECONDS` warm-up seconds per cell (default 1);
+//! - `BENCH_SECONDS` measured seconds per cell, over all rounds (default 5);
+//! - `BENCH_ROUNDS` interleaved rounds the measured seconds are split into (default 5);
+//! - `BENCH_WARMUP_SECONDS` warm-up seconds per cell, before the first round (default 1);
 //! - `BENCH_WRITERS` writer counts, e.g. `1,16,64` (the default);
 //! - `BENCH_SYSTEMS` systems, e.g. `a,b,c` (the default);
 //! - `BENCH_COMMANDS_PER_WALLET` commands per wallet, the first of which opens it (default 4);
@@ -36,7 +50,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventstore::PlatformCqrs;
+use eventstore::{AppenderConfig, EventRepository, LogReader, PlatformCqrs};
 use hdrhistogram::Histogram;
 use postgres_es::PostgresCqrs;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -79,6 +93,19 @@ const RAW_SCHEMA: &str = "CREATE TABLE raw_appends (
 
 const RAW_INSERT: &str = "INSERT INTO raw_appends (writer, n, payload) VALUES ($1, $2, $3)";
 
+/// Connections of the pools that stay open for a whole writer count, only to set up and
+/// check the databases: `TestDb`'s application pool and a `ScratchDb`'s pool.
+const SETUP_POOL: u32 = 2;
+
+/// `TestDb`'s admin pool.
+const TESTDB_ADMIN_POOL: u32 = 4;
+
+/// How long each measured slice runs before its clock starts.
+const SLICE_RAMP: Duration = Duration::from_millis(250);
+
+/// The untimed pause between two slices, for the closed pool's backends to go away.
+const SETTLE: Duration = Duration::from_millis(200);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum System {
     Eventstore,
@@ -109,6 +136,7 @@ impl System {
 struct Config {
     measure: Duration,
     warmup: Duration,
+    rounds: usize,
     writers: Vec<usize>,
     systems: Vec<System>,
     commands_per_wallet: u64,
@@ -131,6 +159,10 @@ impl Config {
         let warmup: f64 = env_or("BENCH_WARMUP_SECONDS", 1.0);
         if !(seconds.is_finite() && seconds > 0.0 && warmup.is_finite() && warmup >= 0.0) {
             abort("BENCH_SECONDS must be above zero and BENCH_WARMUP_SECONDS not below zero");
+        }
+        let rounds: usize = env_or("BENCH_ROUNDS", 5);
+        if rounds == 0 || u32::try_from(rounds).is_err() {
+            abort("BENCH_ROUNDS must be above zero");
         }
         let writers: String = env_or("BENCH_WRITERS", "1,16,64".to_owned());
         let writers: Vec<usize> = writers
@@ -160,11 +192,17 @@ impl Config {
         Self {
             measure: Duration::from_secs_f64(seconds),
             warmup: Duration::from_secs_f64(warmup),
+            rounds,
             writers,
             systems,
             commands_per_wallet,
             pool_size,
         }
+    }
+
+    /// The measured time of one system in one round.
+    fn slice(&self) -> Duration {
+        self.measure / u32::try_from(self.rounds).unwrap_or(u32::MAX)
     }
 }
 
@@ -317,9 +355,9 @@ impl Target {
     }
 }
 
-/// What one writer did.
+/// What one writer did, or (merged) what all writers of a system did.
 struct WriterStats {
-    /// Latencies (µs) of the commands that completed inside the measured window.
+    /// Latencies (µs) of the commands that completed inside a measured slice.
     histogram: Histogram<u64>,
     measured_ok: u64,
     total_ok: u64,
@@ -327,26 +365,50 @@ struct WriterStats {
     first_error: Option<String>,
 }
 
+impl WriterStats {
+    fn new() -> Self {
+        Self {
+            histogram: new_histogram(),
+            measured_ok: 0,
+            total_ok: 0,
+            total_failed: 0,
+            first_error: None,
+        }
+    }
+
+    /// Adds what another writer (or slice) did.
+    fn absorb(&mut self, other: Self) {
+        self.histogram
+            .add(&other.histogram)
+            .expect("merge histograms");
+        self.measured_ok += other.measured_ok;
+        self.total_ok += other.total_ok;
+        self.total_failed += other.total_failed;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
 fn new_histogram() -> Histogram<u64> {
     // 1 µs to 1 hour, 3 significant figures.
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds")
 }
 
+/// Runs commands `first_n`, `first_n + 1`, ... of one writer until one completes at or
+/// after `until`; if `measured`, records the latencies of those that complete before.
+/// Returns what it did and the next command number, where the next slice continues.
 async fn writer_loop(
     target: Arc<Target>,
     writer: usize,
     per_wallet: u64,
-    measure_from: Instant,
-    measure_to: Instant,
-) -> WriterStats {
-    let mut stats = WriterStats {
-        histogram: new_histogram(),
-        measured_ok: 0,
-        total_ok: 0,
-        total_failed: 0,
-        first_error: None,
-    };
-    let mut n: u64 = 0;
+    first_n: u64,
+    measured: bool,
+    from: Instant,
+    until: Instant,
+) -> (WriterStats, u64) {
+    let mut stats = WriterStats::new();
+    let mut n = first_n;
     loop {
         let started = Instant::now();
         let result = target.append(writer, n, per_wallet).await;
@@ -355,7 +417,7 @@ async fn writer_loop(
         match result {
             Ok(()) => {
                 stats.total_ok += 1;
-                if ended >= measure_from && ended <= measure_to {
+                if measured && started >= from && ended <= until {
                     stats.measured_ok += 1;
                     let micros = u64::try_from(ended.duration_since(started).as_micros())
                         .unwrap_or(u64::MAX);
@@ -367,8 +429,8 @@ async fn writer_loop(
                 stats.first_error.get_or_insert(err);
             }
         }
-        if ended >= measure_to {
-            return stats;
+        if ended >= until {
+            return (stats, n);
         }
     }
 }
@@ -394,40 +456,235 @@ impl Cell {
     }
 }
 
-/// Runs the writers.
-async fn drive(target: &Arc<Target>, writers: usize, config: &Config) -> Vec<WriterStats> {
-    let start = Instant::now();
-    let measure_from = start + config.warmup;
-    let measure_to = measure_from + config.measure;
-    let mut tasks = Vec::with_capacity(writers);
-    for writer in 0..writers {
-        tasks.push(tokio::spawn(writer_loop(
-            Arc::clone(target),
-            writer,
-            config.commands_per_wallet,
-            measure_from,
-            measure_to,
-        )));
+/// The database a system writes to, alive for all rounds of a writer count.
+enum SubjectDb {
+    Eventstore(TestDb),
+    Scratch(ScratchDb),
+}
+
+/// One system at one writer count: its database, where each writer's commands continue,
+/// and what all of its slices did.
+struct Subject {
+    system: System,
+    db: SubjectDb,
+    next_n: Vec<u64>,
+    stats: WriterStats,
+}
+
+/// A system's pool and target, open for one slice.
+struct Slice {
+    target: Arc<Target>,
+    pool: PgPool,
+    appender: Option<eventstore::AppenderTask>,
+}
+
+impl Subject {
+    async fn create(system: System, writers: usize, server: &PgConnectOptions) -> Self {
+        let db = match system {
+            System::Eventstore => {
+                SubjectDb::Eventstore(TestDb::on(server.clone(), SETUP_POOL).await)
+            }
+            System::PostgresEs => {
+                SubjectDb::Scratch(ScratchDb::create(server, SETUP_POOL, &POSTGRES_ES_SCHEMA).await)
+            }
+            System::Raw => {
+                SubjectDb::Scratch(ScratchDb::create(server, SETUP_POOL, &[RAW_SCHEMA]).await)
+            }
+        };
+        Self {
+            system,
+            db,
+            next_n: vec![0; writers],
+            stats: WriterStats::new(),
+        }
     }
-    let mut stats = Vec::with_capacity(writers);
-    for task in tasks {
-        stats.push(task.await.expect("writer task"));
+
+    /// Opens a fresh pool and target, and connects `min(writers, pool)` connections, so
+    /// no connection is set up on the slice's clock.
+    async fn open(&self, writers: usize, config: &Config, server: &PgConnectOptions) -> Slice {
+        let (options, what) = match &self.db {
+            SubjectDb::Eventstore(db) => (
+                server.clone().database(&db.name).username(tests::APP_ROLE),
+                "the event store's application pool",
+            ),
+            SubjectDb::Scratch(db) => (
+                server.clone().database(&db.name),
+                match self.system {
+                    System::PostgresEs => "the postgres-es pool",
+                    _ => "the raw insert pool",
+                },
+            ),
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(config.pool_size)
+            .connect_with(options)
+            .await
+            .unwrap_or_else(|err| abort(&format!("cannot open {what}: {err}")));
+        require_synchronous_commit(&pool, what).await;
+        let warm = writers.min(usize::try_from(config.pool_size).unwrap_or(usize::MAX));
+        let connections = futures::future::try_join_all((0..warm).map(|_| pool.acquire()))
+            .await
+            .unwrap_or_else(|err| abort(&format!("cannot connect {warm} of {what}: {err}")));
+        drop(connections);
+        let (target, appender) = match self.system {
+            System::Eventstore => {
+                let (appender, task) =
+                    eventstore::Appender::spawn(pool.clone(), AppenderConfig::default());
+                let repository = EventRepository::new(pool.clone(), appender);
+                (
+                    Target::Eventstore(eventstore::platform_cqrs::<Wallet>(repository, vec![], ())),
+                    Some(task),
+                )
+            }
+            System::PostgresEs => (
+                Target::PostgresEs(postgres_es::postgres_cqrs::<Wallet>(
+                    pool.clone(),
+                    vec![],
+                    (),
+                )),
+                None,
+            ),
+            System::Raw => (Target::Raw(pool.clone()), None),
+        };
+        Slice {
+            target: Arc::new(target),
+            pool,
+            appender,
+        }
     }
-    stats
+
+    /// Runs one slice of `duration`: opens the pool, spawns the writers (each continuing
+    /// at its next command), keeps what they did, and closes the pool again.
+    async fn run_slice(
+        &mut self,
+        writers: usize,
+        config: &Config,
+        server: &PgConnectOptions,
+        duration: Duration,
+        measured: bool,
+    ) {
+        let Slice {
+            target,
+            pool,
+            appender,
+        } = self.open(writers, config, server).await;
+        // The first moments of a slice (a fresh pool, a fresh appender, every writer starting
+        // at once) are not measured: they would measure the slicing, not the system.
+        let from = Instant::now() + if measured { SLICE_RAMP } else { Duration::ZERO };
+        let until = from + duration;
+        let mut tasks = Vec::with_capacity(writers);
+        for (writer, &first_n) in self.next_n.iter().enumerate() {
+            tasks.push(tokio::spawn(writer_loop(
+                Arc::clone(&target),
+                writer,
+                config.commands_per_wallet,
+                first_n,
+                measured,
+                from,
+                until,
+            )));
+        }
+        for (writer, task) in tasks.into_iter().enumerate() {
+            let (stats, next_n) = task.await.expect("writer task");
+            self.next_n[writer] = next_n;
+            self.stats.absorb(stats);
+        }
+        // Every writer is done: for (a), dropping the framework drops the last sender, and
+        // the appender task drains and ends.
+        drop(target);
+        if let Some(task) = appender {
+            task.join().await;
+        }
+        pool.close().await;
+    }
+
+    /// Checks the database against what the writers were told was committed, and drops it.
+    async fn finish(self, writers: usize, measured_time: Duration) -> Cell {
+        let expected = self.stats.total_ok;
+        let check = match &self.db {
+            SubjectDb::Eventstore(db) => {
+                let events = count(&db.admin, "events").await;
+                match expect_count("events", events, expected) {
+                    Err(err) => Err(err),
+                    Ok(counted) => match LogReader::new(db.app.clone()).verify(1, None).await {
+                        Err(err) => Err(format!("{counted}; verify(1, None) failed: {err}")),
+                        Ok(v) if !v.is_intact() => Err(format!(
+                            "{counted}; chain NOT intact: {:?}",
+                            v.fault.map(|f| (f.position, f.reason))
+                        )),
+                        Ok(v) if v.verified != expected || v.to != events => Err(format!(
+                            "{counted}; verify checked {} events up to {}, expected {expected}",
+                            v.verified, v.to
+                        )),
+                        Ok(v) => Ok(format!("{counted}; chain intact, {} verified", v.verified)),
+                    },
+                }
+            }
+            SubjectDb::Scratch(db) if self.system == System::Raw => {
+                expect_count("rows", count(&db.pool, "raw_appends").await, expected)
+            }
+            SubjectDb::Scratch(db) => {
+                expect_count("events", count(&db.pool, "events").await, expected)
+            }
+        };
+        let cell = summarize(self.system, writers, measured_time, &self.stats, check);
+        drop(self.db);
+        cell
+    }
+}
+
+/// Runs every selected system at one writer count, interleaved: a warm-up slice each, then
+/// `rounds` rounds in which each system runs for its slice in turn, round `r` starting at
+/// system `r % n`.
+async fn run_writer_count(writers: usize, config: &Config, server: &PgConnectOptions) -> Vec<Cell> {
+    let mut subjects = Vec::with_capacity(config.systems.len());
+    for &system in &config.systems {
+        subjects.push(Subject::create(system, writers, server).await);
+    }
+    if !config.warmup.is_zero() {
+        for subject in &mut subjects {
+            eprintln!(
+                "{writers} writers: warming up {} ...",
+                subject.system.label()
+            );
+            subject
+                .run_slice(writers, config, server, config.warmup, false)
+                .await;
+            tokio::time::sleep(SETTLE).await;
+        }
+    }
+    let slice = config.slice();
+    let n = subjects.len();
+    for round in 0..config.rounds {
+        eprintln!(
+            "{writers} writers: round {} of {} ...",
+            round + 1,
+            config.rounds
+        );
+        for i in 0..n {
+            let subject = &mut subjects[(round + i) % n];
+            subject
+                .run_slice(writers, config, server, slice, true)
+                .await;
+            tokio::time::sleep(SETTLE).await;
+        }
+    }
+    let measured_time = slice * u32::try_from(config.rounds).unwrap_or(u32::MAX);
+    let mut cells = Vec::with_capacity(n);
+    for subject in subjects {
+        cells.push(subject.finish(writers, measured_time).await);
+    }
+    cells
 }
 
 fn summarize(
     system: System,
     writers: usize,
-    config: &Config,
-    stats: &[WriterStats],
+    measured_time: Duration,
+    stats: &WriterStats,
     check: Result<String, String>,
 ) -> Cell {
-    let mut histogram = new_histogram();
-    for writer in stats {
-        histogram.add(&writer.histogram).expect("merge histograms");
-    }
-    let measured: u64 = stats.iter().map(|w| w.measured_ok).sum();
+    let histogram = &stats.histogram;
     let ms = |q: f64| {
         if histogram.is_empty() {
             f64::NAN
@@ -438,13 +695,13 @@ fn summarize(
     Cell {
         writers,
         system,
-        throughput: measured as f64 / config.measure.as_secs_f64(),
+        throughput: stats.measured_ok as f64 / measured_time.as_secs_f64(),
         p50_ms: ms(0.50),
         p99_ms: ms(0.99),
-        measured,
-        total_ok: stats.iter().map(|w| w.total_ok).sum(),
-        failures: stats.iter().map(|w| w.total_failed).sum(),
-        first_error: stats.iter().find_map(|w| w.first_error.clone()),
+        measured: stats.measured_ok,
+        total_ok: stats.total_ok,
+        failures: stats.total_failed,
+        first_error: stats.first_error.clone(),
         check,
     }
 }
@@ -462,75 +719,6 @@ fn expect_count(what: &str, found: i64, expected: u64) -> Result<String, String>
     } else {
         Err(format!("{what}: {found}, expected {expected}"))
     }
-}
-
-async fn run_eventstore(writers: usize, config: &Config) -> Cell {
-    let db = TestDb::on(server_options(), config.pool_size).await;
-    require_synchronous_commit(&db.app, "the event store's application pool").await;
-    let tests::TestStore {
-        repository,
-        reader,
-        task,
-    } = db.store();
-    let target = Arc::new(Target::Eventstore(eventstore::platform_cqrs::<Wallet>(
-        repository,
-        vec![],
-        (),
-    )));
-    let stats = drive(&target, writers, config).await;
-    // Every writer is done: dropping the framework drops the last sender, and the appender
-    // task drains and ends.
-    drop(target);
-    task.join().await;
-
-    let expected: u64 = stats.iter().map(|w| w.total_ok).sum();
-    let events = count(&db.admin, "events").await;
-    let check = match expect_count("events", events, expected) {
-        Err(err) => Err(err),
-        Ok(counted) => match reader.verify(1, None).await {
-            Err(err) => Err(format!("{counted}; verify(1, None) failed: {err}")),
-            Ok(v) if !v.is_intact() => Err(format!(
-                "{counted}; chain NOT intact: {:?}",
-                v.fault.map(|f| (f.position, f.reason))
-            )),
-            Ok(v) if v.verified != expected || v.to != events => Err(format!(
-                "{counted}; verify checked {} events up to {}, expected {expected}",
-                v.verified, v.to
-            )),
-            Ok(v) => Ok(format!("{counted}; chain intact, {} verified", v.verified)),
-        },
-    };
-    let cell = summarize(System::Eventstore, writers, config, &stats, check);
-    drop(db);
-    cell
-}
-
-async fn run_postgres_es(writers: usize, config: &Config, server: &PgConnectOptions) -> Cell {
-    let db = ScratchDb::create(server, config.pool_size, &POSTGRES_ES_SCHEMA).await;
-    require_synchronous_commit(&db.pool, "the postgres-es pool").await;
-    let target = Arc::new(Target::PostgresEs(postgres_es::postgres_cqrs::<Wallet>(
-        db.pool.clone(),
-        vec![],
-        (),
-    )));
-    let stats = drive(&target, writers, config).await;
-    drop(target);
-    let ok: u64 = stats.iter().map(|w| w.total_ok).sum();
-    let events = count(&db.pool, "events").await;
-    let check = expect_count("events", events, ok);
-    summarize(System::PostgresEs, writers, config, &stats, check)
-}
-
-async fn run_raw(writers: usize, config: &Config, server: &PgConnectOptions) -> Cell {
-    let db = ScratchDb::create(server, config.pool_size, &[RAW_SCHEMA]).await;
-    require_synchronous_commit(&db.pool, "the raw insert pool").await;
-    let target = Arc::new(Target::Raw(db.pool.clone()));
-    let stats = drive(&target, writers, config).await;
-    drop(target);
-    let ok: u64 = stats.iter().map(|w| w.total_ok).sum();
-    let rows = count(&db.pool, "raw_appends").await;
-    let check = expect_count("rows", rows, ok);
-    summarize(System::Raw, writers, config, &stats, check)
 }
 
 fn ratio(numerator: f64, denominator: f64) -> String {
@@ -731,27 +919,40 @@ async fn main() {
     .await
     .unwrap_or(0);
     let _ = admin.close().await;
-    // The pool, TestDb's admin pool (4) and our own admin connections.
-    let needed = i64::from(config.pool_size) + 4 + 2;
+    // At a writer count, every system's database stays open with its small setup pools
+    // (TestDb's admin and application pools, a ScratchDb's pool), but only one system's
+    // benchmark pool is open at a time (a slice closes it before the next opens); plus our
+    // own admin connections.
+    let setup: u32 = config
+        .systems
+        .iter()
+        .map(|system| match system {
+            System::Eventstore => TESTDB_ADMIN_POOL + SETUP_POOL,
+            System::PostgresEs | System::Raw => SETUP_POOL,
+        })
+        .sum();
+    let needed = i64::from(config.pool_size) + i64::from(setup) + 2;
     if max_connections < needed {
         abort(&format!(
-            "max_connections is {max_connections}, but a cell needs up to {needed} connections; lower BENCH_POOL"
+            "max_connections is {max_connections}, but a writer count needs up to {needed} connections; lower BENCH_POOL"
         ));
     }
     if max_connections - in_use < needed {
         eprintln!(
-            "warning: {in_use} of {max_connections} connections are in use by others; a cell needs up to {needed}"
+            "warning: {in_use} of {max_connections} connections are in use by others; a writer count needs up to {needed}"
         );
     }
 
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     println!(
-        "append benchmark: synchronous_commit={synchronous_commit}, {} s per cell, PostgreSQL {}",
+        "append benchmark: synchronous_commit={synchronous_commit}, {} s per cell in {} interleaved rounds of {} s, PostgreSQL {}",
         config.measure.as_secs_f64(),
+        config.rounds,
+        config.slice().as_secs_f64(),
         version.split_whitespace().next().unwrap_or(&version)
     );
     println!(
-        "(fsync={fsync}, max_connections={max_connections}, TLS {}, pool {} connections for every system, {} commands per wallet, {} s warm-up, {cores} cores, fresh database per cell)",
+        "(fsync={fsync}, max_connections={max_connections}, TLS {}, pool {} connections for every system, {} commands per wallet, {} s warm-up per system, {cores} cores, fresh database per cell, pool reopened per slice)",
         if matches!(
             server_options().get_ssl_mode(),
             sqlx::postgres::PgSslMode::Disable
@@ -767,15 +968,7 @@ async fn main() {
 
     let mut cells = Vec::new();
     for &writers in &config.writers {
-        for &system in &config.systems {
-            eprintln!("running {writers} writers, {} ...", system.label());
-            let cell = match system {
-                System::Eventstore => run_eventstore(writers, &config).await,
-                System::PostgresEs => run_postgres_es(writers, &config, &server).await,
-                System::Raw => run_raw(writers, &config, &server).await,
-            };
-            cells.push(cell);
-        }
+        cells.extend(run_writer_count(writers, &config, &server).await);
     }
 
     let (table, all_checks_pass) = report(&cells, &config);
