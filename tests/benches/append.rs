@@ -282,29 +282,7 @@ impl ScratchDb {
 
 impl Drop for ScratchDb {
     fn drop(&mut self) {
-        let server = self.server.clone();
-        let name = self.name.clone();
-        let pool = self.pool.clone();
-        // Like `TestDb`: the runtime we are on cannot be blocked on, so drop the database
-        // from a thread with a runtime of its own. FORCE ends the pool's connections.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                drop(pool);
-                if let Ok(mut conn) = server.connect().await {
-                    let _ =
-                        sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
-                            .execute(&mut conn)
-                            .await;
-                }
-            });
-        });
-        let _ = cleanup.join();
+        tests::drop_database(&self.server, &self.name);
     }
 }
 

@@ -117,29 +117,32 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let server = self.server.clone();
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime, which cannot be blocked on: clean up from a
-        // thread with a runtime of its own. The pools are not closed first, since closing
-        // waits for connections that tasks of the blocked runtime may hold; FORCE ends them.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                if let Ok(mut conn) = server.connect().await {
-                    let _ =
-                        sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
-                            .execute(&mut conn)
-                            .await;
-                }
-            });
-        });
-        let _ = cleanup.join();
+        drop_database(&self.server, &self.name);
     }
+}
+
+/// Drops the database `name` on the server `server` points at, `WITH (FORCE)`, and waits
+/// for it. Callable from `Drop` inside a runtime, which cannot be blocked on: the work runs
+/// on a thread with a runtime of its own. Pools on the database are not closed first, since
+/// closing waits for connections that tasks of the blocked runtime may hold; FORCE ends them.
+pub fn drop_database(server: &PgConnectOptions, name: &str) {
+    let (server, name) = (server.clone(), name.to_owned());
+    let cleanup = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async move {
+            if let Ok(mut conn) = server.connect().await {
+                let _ = sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
+                    .execute(&mut conn)
+                    .await;
+            }
+        });
+    });
+    let _ = cleanup.join();
 }
 
 /// A running event store over a [`TestDb`].
