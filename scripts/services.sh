@@ -297,7 +297,7 @@ postgres_admin_note() {
     err=$(printf '%s' "$err" | grep -m1 -E 'FATAL|error' || printf '%s' "$err" | head -n1)
     case $err in
         *"database"*"does not exist"*)
-            log "postgres: note: database \"$PG_ADMIN_DB\" does not exist yet; create it with: createdb -h $PG_ADMIN_HOST -p $PG_ADMIN_PORT -U $PG_ADMIN_USER $PG_ADMIN_DB" ;;
+            log "postgres: database \"$PG_ADMIN_DB\" does not exist yet; platform serve (or platform migrate) creates it" ;;
         *) log "postgres: WARNING: cannot connect with PLATFORM_ADMIN_DATABASE_URL: $err" ;;
     esac
 }
