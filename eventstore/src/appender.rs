@@ -225,6 +225,9 @@ struct Session {
     backend: Backend,
 }
 
+/// How many tenant chain heads the appender remembers before it starts over.
+const MAX_REMEMBERED_TENANTS: usize = 100_000;
+
 /// The appender's connection, and what it remembers of the log it wrote.
 struct Writer {
     pool: PgPool,
@@ -305,6 +308,10 @@ impl Writer {
             Ok((outcomes, head)) => {
                 self.session = Some(session);
                 self.head = Some(head);
+                if self.tenants.len() > MAX_REMEMBERED_TENANTS {
+                    // Forgetting costs one read under the lock, for the next batch only.
+                    self.tenants.clear();
+                }
                 Ok(outcomes)
             }
             Err(err) => {
