@@ -44,11 +44,6 @@ impl Digest32 {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
-
-    /// The raw bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
 }
 
 impl fmt::Display for Digest32 {

@@ -10,7 +10,7 @@ use sqlx::{PgPool, Row};
 
 use crate::canonical::Digest32;
 use crate::error::StoreError;
-use crate::record::RecordedEvent;
+use crate::record::{RecordedEvent, digest_column};
 
 /// Rows fetched per round trip unless configured otherwise.
 pub const DEFAULT_PAGE_SIZE: i64 = 500;
@@ -57,13 +57,9 @@ impl LogReader {
         let row = sqlx::query("SELECT position, hash FROM log_head")
             .fetch_one(&self.pool)
             .await?;
-        let hash: Vec<u8> = row.try_get("hash")?;
         Ok(LogHead {
             position: row.try_get("position")?,
-            hash: Digest32::from_slice(&hash).ok_or(StoreError::Corrupt {
-                column: "log_head.hash",
-                problem: format!("holds {} bytes, not 32", hash.len()),
-            })?,
+            hash: digest_column(&row, "hash")?,
         })
     }
 

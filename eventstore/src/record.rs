@@ -42,15 +42,18 @@ pub struct RecordedEvent {
     pub hash: Digest32,
 }
 
+/// Reads a 32-byte digest from a `bytea` column of `row`.
+pub(crate) fn digest_column(row: &PgRow, column: &'static str) -> Result<Digest32, StoreError> {
+    let bytes: Vec<u8> = row.try_get(column)?;
+    Digest32::from_slice(&bytes).ok_or(StoreError::Corrupt {
+        column,
+        problem: format!("holds {} bytes where a SHA-256 digest has 32", bytes.len()),
+    })
+}
+
 impl RecordedEvent {
     pub(crate) fn from_row(row: &PgRow) -> Result<Self, StoreError> {
-        let digest = |column: &'static str| -> Result<Digest32, StoreError> {
-            let bytes: Vec<u8> = row.try_get(column)?;
-            Digest32::from_slice(&bytes).ok_or(StoreError::Corrupt {
-                column,
-                problem: format!("holds {} bytes where a SHA-256 digest has 32", bytes.len()),
-            })
-        };
+        let digest = |column: &'static str| digest_column(row, column);
         Ok(Self {
             global_position: row.try_get("global_position")?,
             event_id: row.try_get("event_id")?,

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::canonical::{CanonicalError, Digest32, ZERO_HASH};
 use crate::error::StoreError;
 use crate::reader::{LogHead, LogReader};
-use crate::record::RecordedEvent;
+use crate::record::{RecordedEvent, digest_column};
 
 /// The first fault found, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,7 +169,7 @@ impl LogReader {
         .await?;
         let head = LogHead {
             position: row.try_get("position")?,
-            hash: digest_column(&row)?,
+            hash: digest_column(&row, "hash")?,
         };
         let last: Option<i64> = row.try_get("last")?;
         let to = to.unwrap_or(head.position);
@@ -266,7 +266,7 @@ impl LogReader {
             .bind(position)
             .fetch_optional(self.pool())
             .await?;
-        row.map(|row| digest_column(&row)).transpose()
+        row.map(|row| digest_column(&row, "hash")).transpose()
     }
 
     /// The hash of the tenant's last event before `before`, or zero if it has none.
@@ -300,18 +300,10 @@ impl LogReader {
             }
         };
         Ok(row
-            .map(|row| digest_column(&row))
+            .map(|row| digest_column(&row, "hash"))
             .transpose()?
             .unwrap_or(ZERO_HASH))
     }
-}
-
-fn digest_column(row: &sqlx::postgres::PgRow) -> Result<Digest32, StoreError> {
-    let bytes: Vec<u8> = row.try_get("hash")?;
-    Digest32::from_slice(&bytes).ok_or(StoreError::Corrupt {
-        column: "hash",
-        problem: format!("holds {} bytes, not 32", bytes.len()),
-    })
 }
 
 /// The checks of one event against the links the chain expects.
