@@ -65,6 +65,61 @@ pub enum AppendError {
     Stopped,
 }
 
+/// Why loading an aggregate's events failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The database could not be reached, or the connection broke during the read.
+    #[error("event store database unavailable: {0}")]
+    Unavailable(Arc<sqlx::Error>),
+    /// The database failed the read.
+    #[error("event store database error: {0}")]
+    Database(Arc<sqlx::Error>),
+    /// A stored value has a shape the schema forbids.
+    #[error("events column `{column}` {problem}")]
+    Corrupt {
+        /// The column.
+        column: &'static str,
+        /// What is wrong with its value.
+        problem: String,
+    },
+    /// The loader is not running (the process is shutting down).
+    #[error("the event store loader has stopped")]
+    Stopped,
+}
+
+impl From<sqlx::Error> for LoadError {
+    fn from(err: sqlx::Error) -> Self {
+        if is_connection_error(&err) {
+            Self::Unavailable(Arc::new(err))
+        } else {
+            Self::Database(Arc::new(err))
+        }
+    }
+}
+
+impl From<StoreError> for LoadError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Database(db) => db.into(),
+            StoreError::Corrupt { column, problem } => Self::Corrupt { column, problem },
+            StoreError::Migrate(migrate) => {
+                Self::Database(Arc::new(sqlx::Error::Migrate(Box::new(migrate))))
+            }
+        }
+    }
+}
+
+impl From<LoadError> for PersistenceError {
+    fn from(err: LoadError) -> Self {
+        match err {
+            LoadError::Unavailable(_) | LoadError::Stopped => Self::ConnectionError(Box::new(err)),
+            LoadError::Corrupt { .. } => Self::DeserializationError(Box::new(err)),
+            LoadError::Database(_) => Self::UnknownError(Box::new(err)),
+        }
+    }
+}
+
 impl From<CanonicalError> for AppendError {
     fn from(err: CanonicalError) -> Self {
         Self::Invalid(err.to_string())

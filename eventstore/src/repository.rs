@@ -2,7 +2,8 @@
 //!
 //! [`EventRepository`] implements cqrs-es's `PersistedEventRepository`, so
 //! `PersistedEventStore` and `CqrsFramework` use it unchanged, with or without snapshots and
-//! upcasters. Reads go straight to the pool; every write goes through the [`Appender`].
+//! upcasters. Aggregate loads go through the [`Loader`], every write through the
+//! [`Appender`]; snapshots and replays read from the pool.
 
 use cqrs_es::Aggregate;
 use cqrs_es::persist::{
@@ -17,6 +18,7 @@ use uuid::Uuid;
 use crate::appender::{AppendReceipt, Appender, PendingAppend, PreparedEvent, SnapshotWrite};
 use crate::canonical::{CanonicalEvent, EventFields};
 use crate::error::{AppendError, StoreError};
+use crate::loader::Loader;
 
 const DEFAULT_STREAM_CHANNEL_SIZE: usize = 200;
 
@@ -45,15 +47,18 @@ const TENANT_KEY: &str = commands::metadata::TENANT_ID;
 pub struct EventRepository {
     pool: PgPool,
     appender: Appender,
+    loader: Loader,
     stream_channel_size: usize,
 }
 
 impl EventRepository {
-    /// A repository that reads from `pool` and appends through `appender`.
-    pub fn new(pool: PgPool, appender: Appender) -> Self {
+    /// A repository that loads aggregates through `loader`, appends through `appender`, and
+    /// reads snapshots and replays from `pool`.
+    pub fn new(pool: PgPool, appender: Appender, loader: Loader) -> Self {
         Self {
             pool,
             appender,
+            loader,
             stream_channel_size: DEFAULT_STREAM_CHANNEL_SIZE,
         }
     }
@@ -96,16 +101,7 @@ impl EventRepository {
         after: usize,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let mut rows = sqlx::query(SELECT_EVENTS)
-            .bind(A::TYPE)
-            .bind(aggregate_id)
-            .bind(after)
-            .fetch(&self.pool);
-        let mut events = Vec::new();
-        while let Some(row) = rows.try_next().await.map_err(StoreError::from)? {
-            events.push(serialized_event(&row)?);
-        }
-        Ok(events)
+        Ok(self.loader.load(A::TYPE, aggregate_id, after).await?)
     }
 }
 
@@ -188,7 +184,7 @@ fn tenant_of(metadata: &Value) -> Result<Option<Uuid>, AppendError> {
     }
 }
 
-fn serialized_event(row: &PgRow) -> Result<SerializedEvent, StoreError> {
+pub(crate) fn serialized_event(row: &PgRow) -> Result<SerializedEvent, StoreError> {
     let sequence: i64 = row.try_get("sequence")?;
     Ok(SerializedEvent::new(
         row.try_get("aggregate_id")?,

@@ -453,7 +453,7 @@ struct Subject {
 struct Slice {
     target: Arc<Target>,
     pool: PgPool,
-    appender: Option<eventstore::AppenderTask>,
+    tasks: Option<(eventstore::AppenderTask, eventstore::LoaderTask)>,
 }
 
 impl Subject {
@@ -504,14 +504,16 @@ impl Subject {
             .await
             .unwrap_or_else(|err| abort(&format!("cannot connect {warm} of {what}: {err}")));
         drop(connections);
-        let (target, appender) = match self.system {
+        let (target, tasks) = match self.system {
             System::Eventstore => {
                 let (appender, task) =
                     eventstore::Appender::spawn(pool.clone(), AppenderConfig::default());
-                let repository = EventRepository::new(pool.clone(), appender);
+                let (loader, loader_task) =
+                    eventstore::Loader::spawn(&pool, eventstore::LoaderConfig::default());
+                let repository = EventRepository::new(pool.clone(), appender, loader);
                 (
                     Target::Eventstore(eventstore::platform_cqrs::<Wallet>(repository, vec![], ())),
-                    Some(task),
+                    Some((task, loader_task)),
                 )
             }
             System::PostgresEs => (
@@ -527,7 +529,7 @@ impl Subject {
         Slice {
             target: Arc::new(target),
             pool,
-            appender,
+            tasks,
         }
     }
 
@@ -544,7 +546,7 @@ impl Subject {
         let Slice {
             target,
             pool,
-            appender,
+            tasks: store_tasks,
         } = self.open(writers, config, server).await;
         // The first moments of a slice (a fresh pool, a fresh appender, every writer starting
         // at once) are not measured: they would measure the slicing, not the system.
@@ -568,10 +570,11 @@ impl Subject {
             self.stats.absorb(stats);
         }
         // Every writer is done: for (a), dropping the framework drops the last sender, and
-        // the appender task drains and ends.
+        // the appender and loader tasks drain and end.
         drop(target);
-        if let Some(task) = appender {
-            task.join().await;
+        if let Some((appender, loader)) = store_tasks {
+            appender.join().await;
+            loader.join().await;
         }
         pool.close().await;
     }

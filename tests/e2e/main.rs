@@ -7,6 +7,7 @@ mod atomicity;
 mod concurrency;
 mod cqrs_compat;
 mod interleavings;
+mod loader;
 mod reader;
 mod tampering;
 

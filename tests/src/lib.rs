@@ -10,7 +10,10 @@ pub mod example;
 
 use std::sync::Once;
 
-use eventstore::{Appender, AppenderConfig, AppenderTask, EventRepository, LogReader};
+use eventstore::{
+    Appender, AppenderConfig, AppenderTask, EventRepository, Loader, LoaderConfig, LoaderTask,
+    LogReader,
+};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 use uuid::Uuid;
@@ -107,10 +110,12 @@ impl TestDb {
     /// Starts an appender with the given configuration.
     pub fn store_with(&self, config: AppenderConfig) -> TestStore {
         let (appender, task) = Appender::spawn(self.app.clone(), config);
+        let (loader, loader_task) = Loader::spawn(&self.app, LoaderConfig::default());
         TestStore {
-            repository: EventRepository::new(self.app.clone(), appender),
+            repository: EventRepository::new(self.app.clone(), appender, loader),
             reader: LogReader::new(self.app.clone()),
             task,
+            loader_task,
         }
     }
 }
@@ -153,4 +158,6 @@ pub struct TestStore {
     pub reader: LogReader,
     /// The appender task.
     pub task: AppenderTask,
+    /// The loader tasks.
+    pub loader_task: LoaderTask,
 }
