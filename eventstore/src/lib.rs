@@ -10,7 +10,8 @@
 //! The key decision is the group-commit [`Appender`]: one task per process batches the
 //! appends of concurrent commands into one transaction with one multi-row insert, which
 //! buys back the throughput that serializing writers on the head lock costs. Each append
-//! stays all-or-nothing, and a stale one fails alone.
+//! stays all-or-nothing, and a stale one fails alone. The [`Loader`] does the same for
+//! reads: the aggregate loads of concurrent commands share one query.
 //!
 //! - [`EventRepository`] implements cqrs-es's `PersistedEventRepository`;
 //! - [`LogReader`] reads the log in order in bounded memory, and verifies the chain;

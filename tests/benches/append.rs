@@ -37,6 +37,9 @@
 //! - `BENCH_SYSTEMS` systems, e.g. `a,b,c` (the default);
 //! - `BENCH_COMMANDS_PER_WALLET` commands per wallet, the first of which opens it (default 4);
 //! - `BENCH_POOL` connection-pool size, the same for every system (default 64);
+//! - `BENCH_POOL_PING` `on` (sqlx's default, and what postgres-es users get) or `off`:
+//!   whether a pool checkout pings the connection first (`test_before_acquire`). (a) loads
+//!   and appends on connections of its own, so this changes what (b) and (c) pay;
 //! - `PLATFORM_TEST_ADMIN_URL` the superuser URL (see `tests::admin_url`).
 
 #![allow(
@@ -141,6 +144,7 @@ struct Config {
     systems: Vec<System>,
     commands_per_wallet: u64,
     pool_size: u32,
+    pool_ping: bool,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -189,6 +193,11 @@ impl Config {
         if commands_per_wallet == 0 || pool_size == 0 {
             abort("BENCH_COMMANDS_PER_WALLET and BENCH_POOL must be above zero");
         }
+        let pool_ping = match env_or("BENCH_POOL_PING", "on".to_owned()).as_str() {
+            "on" => true,
+            "off" => false,
+            other => abort(&format!("BENCH_POOL_PING: {other:?} is neither on nor off")),
+        };
         Self {
             measure: Duration::from_secs_f64(seconds),
             warmup: Duration::from_secs_f64(warmup),
@@ -197,6 +206,7 @@ impl Config {
             systems,
             commands_per_wallet,
             pool_size,
+            pool_ping,
         }
     }
 
@@ -495,6 +505,7 @@ impl Subject {
         };
         let pool = PgPoolOptions::new()
             .max_connections(config.pool_size)
+            .test_before_acquire(config.pool_ping)
             .connect_with(options)
             .await
             .unwrap_or_else(|err| abort(&format!("cannot open {what}: {err}")));
@@ -933,7 +944,7 @@ async fn main() {
         version.split_whitespace().next().unwrap_or(&version)
     );
     println!(
-        "(fsync={fsync}, max_connections={max_connections}, TLS {}, pool {} connections for every system, {} commands per wallet, {} s warm-up per system, {cores} cores, fresh database per cell, pool reopened per slice)",
+        "(fsync={fsync}, max_connections={max_connections}, TLS {}, pool {} connections for every system, pool ping {}, {} commands per wallet, {} s warm-up per system, {cores} cores, fresh database per cell, pool reopened per slice)",
         if matches!(
             server_options().get_ssl_mode(),
             sqlx::postgres::PgSslMode::Disable
@@ -943,6 +954,7 @@ async fn main() {
             "as the URL says"
         },
         config.pool_size,
+        if config.pool_ping { "on" } else { "off" },
         config.commands_per_wallet,
         config.warmup.as_secs_f64()
     );
