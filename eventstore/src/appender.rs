@@ -16,6 +16,10 @@
 //!    chain it does not remember;
 //! 4. it answers every command.
 //!
+//! A command may write several aggregates ([`Appender::append_all`]): its appends are
+//! decided together, so either all of them are current and written, at consecutive
+//! positions in one transaction, or none is.
+//!
 //! The guard is sound because every append moves the head: if the head row, once its lock
 //! is granted, still holds the position this appender left, nothing was appended since, so
 //! the statement's snapshot (taken before any wait for the lock) holds every event, and what
@@ -108,11 +112,19 @@ pub struct AppendReceipt {
     pub last_position: i64,
 }
 
-type Reply = oneshot::Sender<Result<AppendReceipt, AppendError>>;
+type Reply = oneshot::Sender<Outcome>;
 
+/// One command's write: one append, or several appends to distinct aggregates that are
+/// written together or not at all.
 struct Job {
-    append: PendingAppend,
+    appends: Vec<PendingAppend>,
     reply: Reply,
+}
+
+impl Job {
+    fn events(&self) -> usize {
+        self.appends.iter().map(|append| append.events.len()).sum()
+    }
 }
 
 /// The sending side of the appender: cheap to clone, one per repository.
@@ -162,25 +174,59 @@ impl Appender {
 
     /// Appends one command's events. Returns once they are committed (or refused).
     pub async fn append(&self, append: PendingAppend) -> Result<AppendReceipt, AppendError> {
+        let receipts = self.append_all(vec![append]).await?;
+        receipts.into_iter().next().ok_or(AppendError::Stopped)
+    }
+
+    /// Appends one command's events to several aggregates, atomically: either every append
+    /// is committed, in the order given and at consecutive positions, or none is. If any
+    /// aggregate moved on since the command loaded it, the whole command fails with that
+    /// [`AppendError::Conflict`]. Returns a receipt per append, in order.
+    pub async fn append_all(
+        &self,
+        appends: Vec<PendingAppend>,
+    ) -> Result<Vec<AppendReceipt>, AppendError> {
+        check_distinct(&appends)?;
         let (reply, answer) = oneshot::channel();
         self.sender
-            .send(Job { append, reply })
+            .send(Job { appends, reply })
             .await
             .map_err(|_| AppendError::Stopped)?;
         answer.await.map_err(|_| AppendError::Stopped)?
     }
 }
 
+/// A command writes each aggregate at most once, and at least one.
+fn check_distinct(appends: &[PendingAppend]) -> Result<(), AppendError> {
+    if appends.is_empty() {
+        return Err(AppendError::Invalid(
+            "an append needs at least one event".into(),
+        ));
+    }
+    for (i, append) in appends.iter().enumerate() {
+        if appends[..i].iter().any(|earlier| {
+            earlier.aggregate_type == append.aggregate_type
+                && earlier.aggregate_id == append.aggregate_id
+        }) {
+            return Err(AppendError::Invalid(format!(
+                "one command appends to {}/{} twice; put all of an aggregate's events in one append",
+                append.aggregate_type, append.aggregate_id
+            )));
+        }
+    }
+    Ok(())
+}
+
 async fn run(pool: PgPool, config: AppenderConfig, mut receiver: mpsc::Receiver<Job>) {
     let mut writer = Writer::new(pool);
     let mut batch: Vec<Job> = Vec::new();
     while let Some(first) = receiver.recv().await {
-        let mut events = first.append.events.len();
+        let mut events = first.events();
         batch.push(first);
         while batch.len() < config.max_batch_appends && events < config.max_batch_events {
             match receiver.try_recv() {
                 Ok(job) => {
-                    events += job.append.events.len();
+                    events += job.events();
                     batch.push(job);
                 }
                 Err(_) => break,
@@ -190,7 +236,8 @@ async fn run(pool: PgPool, config: AppenderConfig, mut receiver: mpsc::Receiver<
     }
 }
 
-type Outcome = Result<AppendReceipt, AppendError>;
+/// A command's outcome: a receipt per append, or why none was written.
+type Outcome = Result<Vec<AppendReceipt>, AppendError>;
 
 /// `connect` and `settle` return boxed `Send` futures that own what they use: written as
 /// plain `async fn`s borrowing the pool, the appender's future fails the compiler's `Send`
@@ -257,18 +304,19 @@ impl Writer {
         if jobs.is_empty() {
             return;
         }
-        let appends: Vec<&PendingAppend> = jobs.iter().map(|job| &job.append).collect();
-        match self.write(&appends).await {
+        let commands: Vec<&[PendingAppend]> =
+            jobs.iter().map(|job| job.appends.as_slice()).collect();
+        match self.write(&commands).await {
             Ok(outcomes) => reply_all(jobs, outcomes),
             Err(BatchError::Failed(error)) if jobs.len() > 1 && !is_connection_error(&error) => {
                 // Something in the batch broke its statement. Write each append alone, so that
                 // only the one at fault fails.
                 tracing::warn!(
-                    "batch of {} appends failed, retrying one by one: {error}",
+                    "batch of {} commands failed, retrying one by one: {error}",
                     jobs.len()
                 );
                 for job in jobs {
-                    let outcome = match self.write(&[&job.append]).await {
+                    let outcome = match self.write(&[job.appends.as_slice()]).await {
                         Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(AppendError::Stopped)),
                         Err(err) => match settle(self.pool.clone(), err).await {
                             Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(AppendError::Stopped)),
@@ -291,7 +339,7 @@ impl Writer {
 
     /// Writes one batch. On any failure the connection is dropped (which ends a transaction
     /// it had open) and what the appender remembered of the log is forgotten.
-    async fn write(&mut self, appends: &[&PendingAppend]) -> Result<Vec<Outcome>, BatchError> {
+    async fn write(&mut self, commands: &[&[PendingAppend]]) -> Result<Vec<Outcome>, BatchError> {
         let mut session = match self.session.take() {
             Some(session) => session,
             None => connect(&self.pool).await.map_err(BatchError::Failed)?,
@@ -299,7 +347,7 @@ impl Writer {
         let result = write_batch(
             &mut session.connection,
             session.backend,
-            appends,
+            commands,
             self.head,
             &mut self.tenants,
         )
@@ -551,7 +599,7 @@ struct BatchKeys<'a> {
 }
 
 impl<'a> BatchKeys<'a> {
-    fn of(appends: &[&'a PendingAppend]) -> Self {
+    fn of(commands: &[&'a [PendingAppend]]) -> Self {
         let mut keys = Self {
             aggregates: HashMap::new(),
             aggregate_types: Vec::new(),
@@ -559,7 +607,7 @@ impl<'a> BatchKeys<'a> {
             tenants: Vec::new(),
         };
         let mut tenants_seen: HashMap<Uuid, ()> = HashMap::new();
-        for append in appends {
+        for append in commands.iter().flat_map(|appends| appends.iter()) {
             let key = (append.aggregate_type.as_str(), append.aggregate_id.as_str());
             if let Entry::Vacant(slot) = keys.aggregates.entry(key) {
                 slot.insert(keys.aggregate_types.len());
@@ -597,11 +645,12 @@ fn digest(bytes: &[u8], column: &str) -> Result<Digest32, sqlx::Error> {
         .ok_or_else(|| decode_error(format!("{column} holds {} bytes, not 32", bytes.len())))
 }
 
-/// Decides a batch. With `known` sequences, an append is accepted when its aggregate is at
-/// the sequence it expects; without them, the first append of each aggregate is assumed
-/// current and the assumption is recorded in the plan's checks.
+/// Decides a batch. With `known` sequences, a command is accepted when each of its
+/// aggregates is at the sequence it expects; without them, an aggregate's first append in
+/// the batch is assumed current and the assumption is recorded in the plan's checks. A
+/// command whose appends are not all current writes nothing.
 fn plan<'a>(
-    appends: &[&'a PendingAppend],
+    commands: &[&'a [PendingAppend]],
     keys: &BatchKeys<'a>,
     known: Option<&[i64]>,
     tenant_heads: &HashMap<Uuid, Digest32>,
@@ -617,78 +666,82 @@ fn plan<'a>(
         rows: Rows::default(),
         snapshots: Snapshots::default(),
         checks: Checks::default(),
-        outcomes: Vec::with_capacity(appends.len()),
+        outcomes: Vec::with_capacity(commands.len()),
         moved: HashMap::new(),
         base: position,
         head_position: position,
         head_hash: prev,
     };
-    for append in appends {
-        let slot = keys.slot(append);
-        let expected = append.first_sequence() - 1;
-        let actual = match sequences[slot] {
-            Some(actual) => actual,
-            None => {
+    'commands: for appends in commands {
+        for append in *appends {
+            let expected = append.first_sequence() - 1;
+            if let Some(actual) = sequences[keys.slot(append)]
+                && actual != expected
+            {
+                plan.outcomes.push(Err(AppendError::Conflict {
+                    aggregate_type: append.aggregate_type.clone(),
+                    aggregate_id: append.aggregate_id.clone(),
+                    expected,
+                    actual,
+                }));
+                continue 'commands;
+            }
+        }
+        let mut receipts = Vec::with_capacity(appends.len());
+        for append in *appends {
+            let slot = keys.slot(append);
+            if sequences[slot].is_none() {
                 plan.checks.aggregate_type.push(&append.aggregate_type);
                 plan.checks.aggregate_id.push(&append.aggregate_id);
-                plan.checks.sequence.push(expected);
-                expected
+                plan.checks.sequence.push(append.first_sequence() - 1);
             }
-        };
-        if expected != actual {
-            plan.outcomes.push(Err(AppendError::Conflict {
-                aggregate_type: append.aggregate_type.clone(),
-                aggregate_id: append.aggregate_id.clone(),
-                expected,
-                actual,
-            }));
-            continue;
+            let first_position = position + 1;
+            for event in &append.events {
+                position += 1;
+                let tenant = tenant_key(event.tenant_id);
+                let tenant_prev = match plan.moved.get(&tenant) {
+                    Some(hash) => *hash,
+                    None => tenant_heads.get(&tenant).copied().unwrap_or_default(),
+                };
+                let links = Links {
+                    global_position: position,
+                    prev_hash: prev,
+                    recorded_at,
+                    tenant_prev_hash: tenant_prev,
+                };
+                let hash = event.canonical.hash(&links);
+                let rows = &mut plan.rows;
+                rows.global_position.push(position);
+                rows.event_id.push(event.event_id);
+                rows.aggregate_type.push(&append.aggregate_type);
+                rows.aggregate_id.push(&append.aggregate_id);
+                rows.sequence.push(event.sequence);
+                rows.event_type.push(&event.event_type);
+                rows.event_version.push(&event.event_version);
+                rows.tenant_id.push(event.tenant_id);
+                rows.payload.push(event.canonical.payload_json());
+                rows.metadata.push(event.canonical.metadata_json());
+                rows.prev_hash.push(prev.0.to_vec());
+                rows.tenant_prev_hash.push(tenant_prev.0.to_vec());
+                rows.hash.push(hash.0.to_vec());
+                prev = hash;
+                plan.moved.insert(tenant, hash);
+            }
+            sequences[slot] = Some(append.last_sequence());
+            if let Some(snapshot) = &append.snapshot {
+                let snapshots = &mut plan.snapshots;
+                snapshots.aggregate_type.push(&append.aggregate_type);
+                snapshots.aggregate_id.push(&append.aggregate_id);
+                snapshots.last_sequence.push(append.last_sequence());
+                snapshots.current_snapshot.push(snapshot.current_snapshot);
+                snapshots.payload.push(&snapshot.payload_json);
+            }
+            receipts.push(AppendReceipt {
+                first_position,
+                last_position: position,
+            });
         }
-        let first_position = position + 1;
-        for event in &append.events {
-            position += 1;
-            let tenant = tenant_key(event.tenant_id);
-            let tenant_prev = match plan.moved.get(&tenant) {
-                Some(hash) => *hash,
-                None => tenant_heads.get(&tenant).copied().unwrap_or_default(),
-            };
-            let links = Links {
-                global_position: position,
-                prev_hash: prev,
-                recorded_at,
-                tenant_prev_hash: tenant_prev,
-            };
-            let hash = event.canonical.hash(&links);
-            let rows = &mut plan.rows;
-            rows.global_position.push(position);
-            rows.event_id.push(event.event_id);
-            rows.aggregate_type.push(&append.aggregate_type);
-            rows.aggregate_id.push(&append.aggregate_id);
-            rows.sequence.push(event.sequence);
-            rows.event_type.push(&event.event_type);
-            rows.event_version.push(&event.event_version);
-            rows.tenant_id.push(event.tenant_id);
-            rows.payload.push(event.canonical.payload_json());
-            rows.metadata.push(event.canonical.metadata_json());
-            rows.prev_hash.push(prev.0.to_vec());
-            rows.tenant_prev_hash.push(tenant_prev.0.to_vec());
-            rows.hash.push(hash.0.to_vec());
-            prev = hash;
-            plan.moved.insert(tenant, hash);
-        }
-        sequences[slot] = Some(append.last_sequence());
-        if let Some(snapshot) = &append.snapshot {
-            let snapshots = &mut plan.snapshots;
-            snapshots.aggregate_type.push(&append.aggregate_type);
-            snapshots.aggregate_id.push(&append.aggregate_id);
-            snapshots.last_sequence.push(append.last_sequence());
-            snapshots.current_snapshot.push(snapshot.current_snapshot);
-            snapshots.payload.push(&snapshot.payload_json);
-        }
-        plan.outcomes.push(Ok(AppendReceipt {
-            first_position,
-            last_position: position,
-        }));
+        plan.outcomes.push(Ok(receipts));
     }
     plan.head_position = position;
     plan.head_hash = prev;
@@ -782,11 +835,11 @@ async fn execute(
 async fn write_batch(
     connection: &mut PgConnection,
     backend: Backend,
-    appends: &[&PendingAppend],
+    commands: &[&[PendingAppend]],
     remembered: Option<(i64, Digest32)>,
     tenants: &mut HashMap<Uuid, Digest32>,
 ) -> Result<(Vec<Outcome>, (i64, Digest32)), BatchError> {
-    let keys = BatchKeys::of(appends);
+    let keys = BatchKeys::of(commands);
     let recorded_at: DateTime<Utc> = Utc::now().trunc_subsecs(6);
 
     if let Some(head) = remembered
@@ -795,7 +848,7 @@ async fn write_batch(
             .iter()
             .all(|tenant| tenants.contains_key(tenant))
     {
-        let plan = plan(appends, &keys, None, tenants, head, recorded_at);
+        let plan = plan(commands, &keys, None, tenants, head, recorded_at);
         match execute(connection, &plan, recorded_at).await {
             Ok(true) => {
                 tenants.extend(plan.moved.iter().map(|(tenant, hash)| (*tenant, *hash)));
@@ -830,7 +883,14 @@ async fn write_batch(
     let (sequences, hashes) = read(connection, &keys).await.map_err(BatchError::Failed)?;
     tenants.clear();
     tenants.extend(keys.tenants.iter().copied().zip(hashes));
-    let plan = plan(appends, &keys, Some(&sequences), tenants, head, recorded_at);
+    let plan = plan(
+        commands,
+        &keys,
+        Some(&sequences),
+        tenants,
+        head,
+        recorded_at,
+    );
     if plan.is_empty() {
         // Every append was refused: nothing to commit.
         connection

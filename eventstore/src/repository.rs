@@ -95,6 +95,22 @@ impl EventRepository {
         self.appender.append(pending).await.map(Some)
     }
 
+    /// Appends one command's events to several aggregates (one slice of events per
+    /// aggregate), atomically: all of them are committed, at consecutive positions in the
+    /// order given, or none is. A stale aggregate fails the whole command with
+    /// [`AppendError::Conflict`]. This is how a command keeps an invariant that spans
+    /// aggregates, such as claiming a unique email address while registering a user.
+    pub async fn append_all(
+        &self,
+        writes: &[&[SerializedEvent]],
+    ) -> Result<Vec<AppendReceipt>, AppendError> {
+        let pending = writes
+            .iter()
+            .map(|events| prepare(events, None))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.appender.append_all(pending).await
+    }
+
     async fn select_events<A: Aggregate>(
         &self,
         aggregate_id: &str,

@@ -8,6 +8,7 @@ mod concurrency;
 mod cqrs_compat;
 mod interleavings;
 mod loader;
+mod multi_aggregate;
 mod reader;
 mod tampering;
 
