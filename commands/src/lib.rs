@@ -8,5 +8,7 @@
 //! "who did this, on whose behalf, and as part of what".
 
 pub mod metadata;
+pub mod privacy;
+pub mod security;
 
 pub use metadata::{CommandMetadata, MetadataError};

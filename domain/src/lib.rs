@@ -8,5 +8,9 @@
 //! nothing about PostgreSQL, NATS, Redis, HTTP, GraphQL or protobuf.
 
 pub mod actor;
+pub mod identity;
+pub mod personal;
+pub mod refusal;
 
 pub use actor::ActorKind;
+pub use refusal::{Refusal, RefusalKind};

@@ -1,0 +1,344 @@
+//! Personal data, sealed in one place: the data-key store, sealing and opening of
+//! [`PersonalData`], and the keyed blind index that lets the platform look up an email
+//! address it cannot read.
+//!
+//! Each data subject (a person) has a 256-bit data key of their own, kept by a
+//! [`SubjectKeys`] store apart from the events. A personal field is sealed with
+//! XChaCha20-Poly1305 under that key, with a fresh 192-bit random nonce and, as associated
+//! data, the subject's id and the field's name, so a sealed value cannot be replayed as
+//! another person's or another field's. Destroying the key (crypto-shredding) makes every
+//! value sealed with it unreadable; [`open`] then answers [`Opened::Forgotten`].
+//!
+//! The sealed text is `base64url(version ‖ nonce ‖ ciphertext ‖ tag)` without padding,
+//! version 1 being the only one. docs/identity.md specifies it.
+
+use std::fmt;
+use std::future::Future;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use domain::identity::values::{Email, EmailIndex, TenantId};
+use domain::personal::{PersonalData, SubjectId};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+const VERSION: u8 = 1;
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+
+/// A 256-bit key. Its `Debug` form does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DataKey([u8; 32]);
+
+impl DataKey {
+    /// A fresh random key from the operating system.
+    pub fn generate() -> Result<Self, PrivacyError> {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|_| PrivacyError::Random)?;
+        Ok(Self(key))
+    }
+
+    /// Wraps key bytes (as read back from the key store).
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The key bytes, to be stored (wrapped) by a key store.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DataKey(..)")
+    }
+}
+
+/// Why sealing or opening failed (not a forgotten subject: that is [`Opened::Forgotten`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrivacyError {
+    /// The operating system's random source failed.
+    #[error("the operating system's random source failed")]
+    Random,
+    /// The sealed text is not base64url of a version 1 sealed value.
+    #[error("sealed {field} of subject {subject} is malformed: {problem}")]
+    Malformed {
+        /// The field.
+        field: String,
+        /// Whose field.
+        subject: SubjectId,
+        /// What is wrong.
+        problem: &'static str,
+    },
+    /// The ciphertext does not authenticate under the subject's key for this field: it was
+    /// altered, or belongs to another subject or field.
+    #[error("sealed {field} of subject {subject} does not authenticate")]
+    Unauthentic {
+        /// The field.
+        field: String,
+        /// Whose field.
+        subject: SubjectId,
+    },
+    /// The key store failed.
+    #[error("the data-key store failed: {0}")]
+    Store(String),
+    /// The subject's key was destroyed: nothing new can be sealed for them.
+    #[error("data subject {0} was forgotten; nothing can be recorded for them")]
+    Forgotten(SubjectId),
+}
+
+/// Where subjects' data keys are kept, apart from the events.
+pub trait SubjectKeys: Send + Sync {
+    /// The subject's key, created on first use. Fails with [`PrivacyError::Forgotten`] for
+    /// a subject whose key was destroyed.
+    fn key_for(
+        &self,
+        subject: SubjectId,
+    ) -> impl Future<Output = Result<DataKey, PrivacyError>> + Send;
+
+    /// The subject's key, or `None` if it was destroyed or never made.
+    fn find(
+        &self,
+        subject: SubjectId,
+    ) -> impl Future<Output = Result<Option<DataKey>, PrivacyError>> + Send;
+
+    /// Destroys the subject's key for good. Returns whether there was a key to destroy.
+    fn forget(&self, subject: SubjectId)
+    -> impl Future<Output = Result<bool, PrivacyError>> + Send;
+}
+
+fn associated_data(subject: SubjectId, field: &str) -> Vec<u8> {
+    format!("platform personal data v1\n{subject}\n{field}").into_bytes()
+}
+
+/// Seals `plaintext` as the personal field `field` of `subject`.
+pub fn seal(
+    key: &DataKey,
+    subject: SubjectId,
+    field: &str,
+    plaintext: &str,
+) -> Result<PersonalData, PrivacyError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::fill(&mut nonce).map_err(|_| PrivacyError::Random)?;
+    let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
+    let aad = associated_data(subject, field);
+    let ciphertext = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext.as_bytes(),
+                aad: &aad,
+            },
+        )
+        .map_err(|_| PrivacyError::Random)?;
+    let mut sealed = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
+    sealed.push(VERSION);
+    sealed.extend_from_slice(&nonce);
+    sealed.extend_from_slice(&ciphertext);
+    Ok(PersonalData::from_sealed(
+        subject,
+        URL_SAFE_NO_PAD.encode(sealed),
+    ))
+}
+
+/// What opening a personal field gives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// The plaintext.
+    Plain(String),
+    /// The subject was forgotten: the field is gone for good, and shown as redacted.
+    Forgotten,
+}
+
+impl fmt::Debug for Opened {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Plain(_) => f.write_str("Plain(..)"),
+            Self::Forgotten => f.write_str("Forgotten"),
+        }
+    }
+}
+
+/// Opens the personal field `field` with its subject's key (`None`: the key was destroyed).
+pub fn open(
+    key: Option<&DataKey>,
+    data: &PersonalData,
+    field: &str,
+) -> Result<Opened, PrivacyError> {
+    let subject = data.subject();
+    let malformed = |problem| PrivacyError::Malformed {
+        field: field.to_owned(),
+        subject,
+        problem,
+    };
+    let bytes = URL_SAFE_NO_PAD
+        .decode(data.sealed())
+        .map_err(|_| malformed("not unpadded base64url"))?;
+    let Some((&version, rest)) = bytes.split_first() else {
+        return Err(malformed("empty"));
+    };
+    if version != VERSION {
+        return Err(malformed("unknown version"));
+    }
+    if rest.len() < NONCE_LEN + TAG_LEN {
+        return Err(malformed("too short"));
+    }
+    let Some(key) = key else {
+        return Ok(Opened::Forgotten);
+    };
+    let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+    let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
+    let aad = associated_data(subject, field);
+    let plaintext = cipher
+        .decrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: &aad,
+            },
+        )
+        .map_err(|_| PrivacyError::Unauthentic {
+            field: field.to_owned(),
+            subject,
+        })?;
+    String::from_utf8(plaintext)
+        .map(Opened::Plain)
+        .map_err(|_| malformed("not UTF-8 inside"))
+}
+
+/// The key of the email blind index, ready to use. Its `Debug` form does not show it.
+#[derive(Clone)]
+pub struct BlindIndexKey(Hmac<Sha256>);
+
+impl BlindIndexKey {
+    /// Prepares a key from configuration.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Self {
+        // HMAC accepts keys of any length, so this cannot fail; a fallback keeps the type
+        // total without a panic.
+        Self(
+            <Hmac<Sha256> as KeyInit>::new_from_slice(bytes)
+                .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default())),
+        )
+    }
+
+    /// The blind index of `email` in `tenant`: HMAC-SHA-256 over a version label, the
+    /// tenant id and the normalised address, as 64 hex digits. Equal addresses in one
+    /// tenant give equal indexes; nothing about the address can be read back from it
+    /// without the key.
+    pub fn email(&self, tenant: TenantId, email: &Email) -> EmailIndex {
+        let mut mac = self.0.clone();
+        mac.update(b"platform email index v1\n");
+        mac.update(tenant.to_string().as_bytes());
+        mac.update(b"\n");
+        mac.update(email.as_str().as_bytes());
+        EmailIndex::from_digest(mac.finalize().into_bytes().into())
+    }
+}
+
+impl fmt::Debug for BlindIndexKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BlindIndexKey(..)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn subject() -> SubjectId {
+        SubjectId::from_uuid(Uuid::now_v7())
+    }
+
+    #[test]
+    fn a_sealed_field_opens_with_its_subjects_key_and_holds_no_plaintext() {
+        let key = DataKey::generate().unwrap();
+        let who = subject();
+        let sealed = seal(&key, who, "email", "ada@example.org").unwrap();
+        assert!(!sealed.sealed().contains("ada"));
+        assert_eq!(sealed.subject(), who);
+        assert_eq!(
+            open(Some(&key), &sealed, "email").unwrap(),
+            Opened::Plain("ada@example.org".into())
+        );
+    }
+
+    #[test]
+    fn sealing_twice_gives_different_texts() {
+        let key = DataKey::generate().unwrap();
+        let who = subject();
+        let a = seal(&key, who, "name", "Ada").unwrap();
+        let b = seal(&key, who, "name", "Ada").unwrap();
+        assert_ne!(a.sealed(), b.sealed());
+    }
+
+    #[test]
+    fn a_forgotten_subjects_field_opens_as_forgotten() {
+        let key = DataKey::generate().unwrap();
+        let sealed = seal(&key, subject(), "email", "ada@example.org").unwrap();
+        assert_eq!(open(None, &sealed, "email").unwrap(), Opened::Forgotten);
+    }
+
+    #[test]
+    fn a_sealed_field_does_not_open_as_another_field_subject_or_key() {
+        let key = DataKey::generate().unwrap();
+        let who = subject();
+        let sealed = seal(&key, who, "email", "ada@example.org").unwrap();
+        assert!(matches!(
+            open(Some(&key), &sealed, "name"),
+            Err(PrivacyError::Unauthentic { .. })
+        ));
+        let moved = PersonalData::from_sealed(subject(), sealed.sealed().to_owned());
+        assert!(matches!(
+            open(Some(&key), &moved, "email"),
+            Err(PrivacyError::Unauthentic { .. })
+        ));
+        let other = DataKey::generate().unwrap();
+        assert!(matches!(
+            open(Some(&other), &sealed, "email"),
+            Err(PrivacyError::Unauthentic { .. })
+        ));
+    }
+
+    #[test]
+    fn any_changed_byte_of_a_sealed_field_is_detected() {
+        let key = DataKey::generate().unwrap();
+        let who = subject();
+        let sealed = seal(&key, who, "email", "ada@example.org").unwrap();
+        let bytes = URL_SAFE_NO_PAD.decode(sealed.sealed()).unwrap();
+        for i in 0..bytes.len() {
+            let mut changed = bytes.clone();
+            changed[i] ^= 0x01;
+            let tampered = PersonalData::from_sealed(who, URL_SAFE_NO_PAD.encode(&changed));
+            assert!(open(Some(&key), &tampered, "email").is_err(), "byte {i}");
+        }
+    }
+
+    #[test]
+    fn malformed_sealed_text_is_named() {
+        let key = DataKey::generate().unwrap();
+        let bad = PersonalData::from_sealed(subject(), "***".into());
+        let err = open(Some(&key), &bad, "email").unwrap_err();
+        assert!(err.to_string().contains("not unpadded base64url"), "{err}");
+    }
+
+    #[test]
+    fn the_email_index_is_keyed_per_tenant_and_ignores_case() {
+        let index = BlindIndexKey::from_bytes(&[7; 32]);
+        let tenant = TenantId::from_uuid(Uuid::now_v7());
+        let a = Email::parse("Ada@Example.org").unwrap();
+        let b = Email::parse("ada@example.org").unwrap();
+        assert_eq!(index.email(tenant, &a), index.email(tenant, &b));
+        let elsewhere = TenantId::from_uuid(Uuid::now_v7());
+        assert_ne!(index.email(tenant, &a), index.email(elsewhere, &a));
+        let other_key = BlindIndexKey::from_bytes(&[8; 32]);
+        assert_ne!(index.email(tenant, &a), other_key.email(tenant, &a));
+    }
+}
