@@ -7,6 +7,7 @@
 //! travels unchanged into every event the command produces: the event log itself answers
 //! "who did this, on whose behalf, and as part of what".
 
+pub mod bus;
 pub mod metadata;
 pub mod privacy;
 pub mod security;

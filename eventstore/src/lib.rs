@@ -22,6 +22,7 @@ pub mod canonical;
 pub mod cqrs;
 pub mod error;
 pub mod loader;
+mod log;
 pub mod reader;
 pub mod record;
 pub mod repository;

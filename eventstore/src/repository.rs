@@ -68,6 +68,16 @@ impl EventRepository {
         &self.appender
     }
 
+    /// The loader this repository loads aggregates through.
+    pub fn loader(&self) -> &Loader {
+        &self.loader
+    }
+
+    /// The pool this repository reads snapshots and replays from.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Sets how many events a replay stream buffers ahead of its reader.
     #[must_use]
     pub fn with_streaming_channel_size(mut self, size: usize) -> Self {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod atomicity;
+mod bus;
 mod concurrency;
 mod cqrs_compat;
 mod interleavings;

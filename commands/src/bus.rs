@@ -1,0 +1,290 @@
+//! The unit of work that every command runs in: load the aggregates it needs, let each
+//! decide, and append everything they decided in one atomic write.
+//!
+//! cqrs-es's `CqrsFramework` executes a command against one aggregate. Some commands must
+//! keep an invariant across aggregates (a registration claims the email address and creates
+//! the user; a login opens a session and clears the user's failure count), so the platform
+//! runs its commands in a [`UnitOfWork`] instead: it loads any number of aggregates through
+//! an [`EventLog`], hands each its command through the aggregate's own `handle` (the same
+//! cqrs-es `Aggregate` trait, so `TestFramework` tests the same code), collects the events
+//! with the command's metadata, and commits them with one [`EventLog::append`], which the
+//! event store makes all-or-nothing across aggregates. If any aggregate moved on in the
+//! meantime the whole unit fails with [`CommandError::Conflict`], and
+//! [`run`] runs the command again from the start, on fresh state.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use cqrs_es::persist::SerializedEvent;
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde_json::Value;
+
+use crate::metadata::CommandMetadata;
+
+/// Where a committed write landed: the global positions of its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// The position of the write's first event.
+    pub first_position: i64,
+    /// The position of its last event: a query can wait until a projection reaches it.
+    pub last_position: i64,
+}
+
+/// Why the event log could not load or append.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// An aggregate moved on since it was loaded; nothing was written.
+    #[error("aggregate {aggregate_type}/{aggregate_id} changed concurrently")]
+    Conflict {
+        /// The aggregate's type.
+        aggregate_type: String,
+        /// The aggregate's id.
+        aggregate_id: String,
+    },
+    /// The store is unreachable; nothing was written (or, for a load, nothing read).
+    #[error("the event store is unavailable: {0}")]
+    Unavailable(String),
+    /// Any other failure of the store, or events it cannot accept.
+    #[error("the event store failed: {0}")]
+    Failed(String),
+}
+
+/// The event log as the application layer needs it. The event store implements it.
+pub trait EventLog: Send + Sync {
+    /// The events of one aggregate, in sequence order.
+    fn load(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> impl Future<Output = Result<Vec<SerializedEvent>, LogError>> + Send;
+
+    /// Appends the events of several aggregates (one list per aggregate, each continuing
+    /// that aggregate's sequence) atomically: all or none.
+    fn append(
+        &self,
+        writes: Vec<Vec<SerializedEvent>>,
+    ) -> impl Future<Output = Result<Committed, LogError>> + Send;
+
+    /// The global position of one event, if it exists.
+    fn position_of(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: usize,
+    ) -> impl Future<Output = Result<Option<i64>, LogError>> + Send;
+}
+
+/// Why a command was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError<E> {
+    /// The domain refused the command; nothing was written.
+    #[error(transparent)]
+    Refused(E),
+    /// The actor lacks the permission the command needs; nothing was written.
+    #[error("this needs the `{0}` permission")]
+    Forbidden(domain::identity::rbac::Permission),
+    /// The input does not parse; the message names the field.
+    #[error("{0}")]
+    BadInput(String),
+    /// An aggregate changed concurrently, more often than retries allowed.
+    #[error("{0}; try again")]
+    Conflict(LogError),
+    /// The store (or another service the command needs) failed; nothing was written.
+    #[error("{0}")]
+    Infrastructure(String),
+}
+
+impl<E> From<LogError> for CommandError<E> {
+    fn from(err: LogError) -> Self {
+        match err {
+            LogError::Conflict { .. } => Self::Conflict(err),
+            other => Self::Infrastructure(other.to_string()),
+        }
+    }
+}
+
+/// An aggregate loaded into a unit of work, with the version it was loaded at.
+#[derive(Debug)]
+pub struct Loaded<A: Aggregate> {
+    id: String,
+    state: A,
+    version: usize,
+}
+
+impl<A: Aggregate> Loaded<A> {
+    /// The aggregate's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Its current state, including what this unit of work decided so far.
+    pub fn state(&self) -> &A {
+        &self.state
+    }
+
+    /// How many events it has in the log (0: it does not exist yet).
+    pub fn version(&self) -> usize {
+        self.version
+    }
+}
+
+/// One command's work: the aggregates it loaded and the events they decided, waiting for
+/// [`UnitOfWork::commit`].
+#[derive(Debug)]
+pub struct UnitOfWork<'a, L: EventLog> {
+    log: &'a L,
+    metadata: Value,
+    /// Pending events per aggregate, in the order aggregates first decided something.
+    pending: Vec<Vec<SerializedEvent>>,
+    slots: HashMap<(String, String), usize>,
+}
+
+impl<'a, L: EventLog> UnitOfWork<'a, L> {
+    /// A unit of work whose events carry `metadata`.
+    pub fn new(log: &'a L, metadata: &CommandMetadata) -> Self {
+        let map: serde_json::Map<String, Value> = metadata
+            .to_map()
+            .into_iter()
+            .map(|(key, value)| (key, Value::String(value)))
+            .collect();
+        Self {
+            log,
+            metadata: Value::Object(map),
+            pending: Vec::new(),
+            slots: HashMap::new(),
+        }
+    }
+
+    /// Loads an aggregate by replaying its events.
+    pub async fn load<A: Aggregate>(&self, id: &str) -> Result<Loaded<A>, LogError> {
+        let events = self.log.load(A::TYPE, id).await?;
+        let mut state = A::default();
+        let mut version = 0;
+        for event in events {
+            let decoded: A::Event = serde_json::from_value(event.payload).map_err(|err| {
+                LogError::Failed(format!(
+                    "event {} #{} of {}/{id} does not decode: {err}",
+                    event.event_type, event.sequence, A::TYPE
+                ))
+            })?;
+            state.apply(decoded);
+            version = event.sequence;
+        }
+        Ok(Loaded {
+            id: id.to_owned(),
+            state,
+            version,
+        })
+    }
+
+    /// Lets the aggregate decide `command`. Its events are applied to the loaded state and
+    /// kept for the commit; a refusal keeps nothing.
+    pub async fn handle<A: Aggregate + Clone>(
+        &mut self,
+        aggregate: &mut Loaded<A>,
+        command: A::Command,
+        services: &A::Services,
+    ) -> Result<Vec<A::Event>, CommandError<A::Error>> {
+        let mut state = aggregate.state.clone();
+        let sink = EventSink::default();
+        state
+            .handle(command, services, &sink)
+            .await
+            .map_err(CommandError::Refused)?;
+        let events = sink.collect().await;
+        let key = (A::TYPE.to_owned(), aggregate.id.clone());
+        let slot = match self.slots.get(&key) {
+            Some(&slot) => slot,
+            None => {
+                self.pending.push(Vec::new());
+                self.slots.insert(key, self.pending.len() - 1);
+                self.pending.len() - 1
+            }
+        };
+        let mut serialized = Vec::with_capacity(events.len());
+        for event in &events {
+            aggregate.version += 1;
+            let payload = serde_json::to_value(event).map_err(|err| {
+                CommandError::Infrastructure(format!(
+                    "event {} of {} does not serialize: {err}",
+                    event.event_type(),
+                    A::TYPE
+                ))
+            })?;
+            serialized.push(SerializedEvent::new(
+                aggregate.id.clone(),
+                aggregate.version,
+                A::TYPE.to_owned(),
+                event.event_type(),
+                event.event_version(),
+                payload,
+                self.metadata.clone(),
+            ));
+        }
+        aggregate.state = state;
+        if let Some(pending) = self.pending.get_mut(slot) {
+            pending.extend(serialized);
+        }
+        Ok(events)
+    }
+
+    /// Whether anything was decided.
+    pub fn is_empty(&self) -> bool {
+        self.pending.iter().all(Vec::is_empty)
+    }
+
+    /// Appends everything decided, atomically. Returns `None` when nothing was decided.
+    pub async fn commit(self) -> Result<Option<Committed>, LogError> {
+        let writes: Vec<Vec<SerializedEvent>> = self
+            .pending
+            .into_iter()
+            .filter(|events| !events.is_empty())
+            .collect();
+        if writes.is_empty() {
+            return Ok(None);
+        }
+        self.log.append(writes).await.map(Some)
+    }
+}
+
+/// How many times [`run`] tries a command whose aggregates keep changing under it.
+pub const MAX_ATTEMPTS: usize = 5;
+
+/// A command written against a unit of work: it loads, decides, and returns its output;
+/// [`run`] commits.
+pub trait Command<L: EventLog>: Sync {
+    /// What the command returns to its caller.
+    type Output: Send;
+    /// The domain's refusal.
+    type Error: Send;
+
+    /// Loads what it needs and lets the aggregates decide. Runs again, from the start, when
+    /// the commit meets a concurrent change.
+    fn decide(
+        &self,
+        work: &mut UnitOfWork<'_, L>,
+    ) -> impl Future<Output = Result<Self::Output, CommandError<Self::Error>>> + Send;
+}
+
+/// Runs `command` in a unit of work and commits it, retrying on concurrent changes up to
+/// [`MAX_ATTEMPTS`] times. Returns the output and where its events landed (`None` when it
+/// decided nothing).
+pub async fn run<L: EventLog, C: Command<L>>(
+    log: &L,
+    metadata: &CommandMetadata,
+    command: &C,
+) -> Result<(C::Output, Option<Committed>), CommandError<C::Error>> {
+    let mut attempt = 1;
+    loop {
+        let mut work = UnitOfWork::new(log, metadata);
+        let output = command.decide(&mut work).await?;
+        match work.commit().await {
+            Ok(committed) => return Ok((output, committed)),
+            Err(LogError::Conflict { .. }) if attempt < MAX_ATTEMPTS => attempt += 1,
+            Err(err) => return Err(err.into()),
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The unit of work: a command that decides on several aggregates commits all of their
+//! events in one atomic write, is retried on fresh state when an aggregate changed under it,
+//! and writes nothing when an aggregate refuses.
+
+use commands::CommandMetadata;
+use commands::bus::{self, Command, CommandError, EventLog, UnitOfWork};
+use domain::ActorKind;
+use tests::TestDb;
+use tests::example::{Wallet, WalletCommand, WalletError};
+
+use crate::assert_log_invariants;
+
+/// Moves money from one wallet to another: a withdrawal and a deposit, together or not at
+/// all.
+struct Transfer {
+    from: String,
+    to: String,
+    amount: i64,
+}
+
+impl<L: EventLog> Command<L> for Transfer {
+    type Output = ();
+    type Error = WalletError;
+
+    async fn decide(&self, work: &mut UnitOfWork<'_, L>) -> Result<(), CommandError<WalletError>> {
+        let mut from = work.load::<Wallet>(&self.from).await?;
+        let mut to = work.load::<Wallet>(&self.to).await?;
+        work.handle(
+            &mut from,
+            WalletCommand::Withdraw {
+                amount: self.amount,
+            },
+            &(),
+        )
+        .await?;
+        work.handle(
+            &mut to,
+            WalletCommand::Deposit {
+                amount: self.amount,
+            },
+            &(),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// Opens a wallet with a balance.
+struct OpenWith {
+    id: String,
+    balance: i64,
+}
+
+impl<L: EventLog> Command<L> for OpenWith {
+    type Output = ();
+    type Error = WalletError;
+
+    async fn decide(&self, work: &mut UnitOfWork<'_, L>) -> Result<(), CommandError<WalletError>> {
+        let mut wallet = work.load::<Wallet>(&self.id).await?;
+        work.handle(
+            &mut wallet,
+            WalletCommand::Open {
+                owner: "test".into(),
+            },
+            &(),
+        )
+        .await?;
+        work.handle(
+            &mut wallet,
+            WalletCommand::Deposit {
+                amount: self.balance,
+            },
+            &(),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+fn metadata() -> CommandMetadata {
+    CommandMetadata::new("test", ActorKind::System, None)
+}
+
+async fn balance(db: &TestDb, id: &str) -> i64 {
+    let store = db.store();
+    let work = UnitOfWork::new(&store.repository, &metadata());
+    work.load::<Wallet>(id).await.unwrap().state().balance
+}
+
+#[tokio::test]
+async fn a_command_on_two_aggregates_commits_both_in_one_write() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let log = &store.repository;
+    for id in ["a", "b"] {
+        bus::run(
+            log,
+            &metadata(),
+            &OpenWith {
+                id: id.into(),
+                balance: 100,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let transfer = Transfer {
+        from: "a".into(),
+        to: "b".into(),
+        amount: 30,
+    };
+    let ((), committed) = bus::run(log, &metadata(), &transfer).await.unwrap();
+    let committed = committed.unwrap();
+    assert_eq!((committed.first_position, committed.last_position), (5, 6));
+    assert_eq!(balance(&db, "a").await, 70);
+    assert_eq!(balance(&db, "b").await, 130);
+    let actors: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT metadata->>'actor_id' FROM events WHERE global_position IN (5, 6)",
+    )
+    .fetch_all(&db.app)
+    .await
+    .unwrap();
+    assert_eq!(
+        actors,
+        vec!["test".to_owned()],
+        "the metadata did not reach the events"
+    );
+    assert_eq!(assert_log_invariants(&db.app).await, 6);
+}
+
+#[tokio::test]
+async fn a_refusal_by_any_aggregate_writes_nothing() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let log = &store.repository;
+    bus::run(
+        log,
+        &metadata(),
+        &OpenWith {
+            id: "a".into(),
+            balance: 10,
+        },
+    )
+    .await
+    .unwrap();
+    bus::run(
+        log,
+        &metadata(),
+        &OpenWith {
+            id: "b".into(),
+            balance: 10,
+        },
+    )
+    .await
+    .unwrap();
+    let too_much = Transfer {
+        from: "a".into(),
+        to: "b".into(),
+        amount: 11,
+    };
+    match bus::run(log, &metadata(), &too_much).await {
+        Err(CommandError::Refused(WalletError::InsufficientFunds {
+            balance: 10,
+            requested: 11,
+        })) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The deposit into a closed wallet is refused after the withdrawal was decided: the
+    // withdrawal is not written either.
+    let to_nowhere = Transfer {
+        from: "a".into(),
+        to: "missing".into(),
+        amount: 5,
+    };
+    match bus::run(log, &metadata(), &to_nowhere).await {
+        Err(CommandError::Refused(WalletError::NotOpen)) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(balance(&db, "a").await, 10);
+    assert_eq!(assert_log_invariants(&db.app).await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commands_on_shared_aggregates_are_retried_and_conserve_every_unit() {
+    let db = TestDb::new().await;
+    let stores = [db.store(), db.store()];
+    let wallets = ["w0", "w1", "w2", "w3"];
+    for id in wallets {
+        bus::run(
+            &stores[0].repository,
+            &metadata(),
+            &OpenWith {
+                id: id.into(),
+                balance: 1_000,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let repository = stores[i % 2].repository.clone();
+        tasks.push(tokio::spawn(async move {
+            let transfer = Transfer {
+                from: wallets[i % 4].into(),
+                to: wallets[(i + 1) % 4].into(),
+                amount: 1 + (i as i64 % 7),
+            };
+            bus::run(&repository, &metadata(), &transfer).await
+        }));
+    }
+    let mut done = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => done += 1,
+            // Retries are bounded; under heavy contention a transfer may give up, whole.
+            Err(CommandError::Conflict(_)) => {}
+            Err(other) => panic!("transfer failed: {other}"),
+        }
+    }
+    assert!(done > 0);
+    let mut total = 0;
+    for id in wallets {
+        total += balance(&db, id).await;
+    }
+    assert_eq!(total, 4_000, "a transfer was half-written");
+    let events = assert_log_invariants(&db.app).await;
+    assert_eq!(events, 8 + 2 * done);
+    assert!(stores[0].reader.verify(1, None).await.unwrap().is_intact());
+}
