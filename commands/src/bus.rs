@@ -15,8 +15,8 @@
 use std::collections::HashMap;
 use std::future::Future;
 
-use cqrs_es::persist::SerializedEvent;
 use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::SerializedEvent;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde_json::Value;
 
@@ -167,7 +167,9 @@ impl<'a, L: EventLog> UnitOfWork<'a, L> {
             let decoded: A::Event = serde_json::from_value(event.payload).map_err(|err| {
                 LogError::Failed(format!(
                     "event {} #{} of {}/{id} does not decode: {err}",
-                    event.event_type, event.sequence, A::TYPE
+                    event.event_type,
+                    event.sequence,
+                    A::TYPE
                 ))
             })?;
             state.apply(decoded);

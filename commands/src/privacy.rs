@@ -210,6 +210,131 @@ pub fn open(
         .map_err(|_| malformed("not UTF-8 inside"))
 }
 
+/// The platform's master key, from configuration. The database never sees it; the keys
+/// the platform uses are derived from it, each for one purpose (HMAC-SHA-256 of the master
+/// key over a purpose label), so one secret configures them all.
+#[derive(Clone)]
+pub struct MasterKey([u8; 32]);
+
+impl MasterKey {
+    /// Wraps 32 key bytes.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// Reads a key written as 64 hex digits or as unpadded or padded base64 of 32 bytes.
+    pub fn parse(text: &str) -> Result<Self, PrivacyError> {
+        let text = text.trim();
+        let bytes = if text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit()) {
+            (0..32)
+                .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .map_err(|_| PrivacyError::Store("the master key is not hex".into()))?
+        } else {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text))
+                .map_err(|_| {
+                    PrivacyError::Store("the master key is neither 64 hex digits nor base64".into())
+                })?
+        };
+        let bytes: [u8; 32] = bytes.try_into().map_err(|bytes: Vec<u8>| {
+            PrivacyError::Store(format!(
+                "the master key has {} bytes; it needs 32",
+                bytes.len()
+            ))
+        })?;
+        Ok(Self(bytes))
+    }
+
+    fn derive(&self, purpose: &str) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default()));
+        mac.update(b"platform key v1\n");
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The key that wraps subjects' data keys in the key store.
+    pub fn key_wrapping_key(&self) -> KeyWrapper {
+        KeyWrapper(DataKey(self.derive("subject key wrapping")))
+    }
+
+    /// The key of the email blind index.
+    pub fn blind_index_key(&self) -> BlindIndexKey {
+        BlindIndexKey::from_bytes(&self.derive("email blind index"))
+    }
+
+    /// The key that seals secrets the platform reads back (TOTP secrets).
+    pub fn secrets_key(&self) -> DataKey {
+        DataKey(self.derive("secrets"))
+    }
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+/// Wraps and unwraps subjects' data keys for storage, bound to the subject's id.
+#[derive(Clone, Debug)]
+pub struct KeyWrapper(DataKey);
+
+impl KeyWrapper {
+    /// `version ‖ nonce ‖ sealed key`, to store.
+    pub fn wrap(&self, subject: SubjectId, key: &DataKey) -> Result<Vec<u8>, PrivacyError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).map_err(|_| PrivacyError::Random)?;
+        let cipher = XChaCha20Poly1305::new(self.0.as_bytes().into());
+        let aad = format!("platform subject key v1\n{subject}");
+        let sealed = cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: key.as_bytes(),
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| PrivacyError::Random)?;
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
+        out.push(VERSION);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// The data key inside a stored value. Fails if it was altered, belongs to another
+    /// subject, or was wrapped under another master key.
+    pub fn unwrap_key(&self, subject: SubjectId, wrapped: &[u8]) -> Result<DataKey, PrivacyError> {
+        let fail = |problem: &str| {
+            PrivacyError::Store(format!("the stored key of subject {subject} {problem}"))
+        };
+        let Some((&version, rest)) = wrapped.split_first() else {
+            return Err(fail("is empty"));
+        };
+        if version != VERSION || rest.len() != NONCE_LEN + 32 + TAG_LEN {
+            return Err(fail("has an unknown format"));
+        }
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let cipher = XChaCha20Poly1305::new(self.0.as_bytes().into());
+        let aad = format!("platform subject key v1\n{subject}");
+        let key = cipher
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| {
+                fail("does not open: it was altered, or the master key is not the one it was stored with")
+            })?;
+        let key: [u8; 32] = key.try_into().map_err(|_| fail("has the wrong length"))?;
+        Ok(DataKey(key))
+    }
+}
+
 /// The key of the email blind index, ready to use. Its `Debug` form does not show it.
 #[derive(Clone)]
 pub struct BlindIndexKey(Hmac<Sha256>);
@@ -327,6 +452,34 @@ mod tests {
         let bad = PersonalData::from_sealed(subject(), "***".into());
         let err = open(Some(&key), &bad, "email").unwrap_err();
         assert!(err.to_string().contains("not unpadded base64url"), "{err}");
+    }
+
+    #[test]
+    fn a_wrapped_key_unwraps_only_for_its_subject_and_master_key() {
+        let master = MasterKey::parse(&"ab".repeat(32)).unwrap();
+        let wrapper = master.key_wrapping_key();
+        let key = DataKey::generate().unwrap();
+        let who = subject();
+        let wrapped = wrapper.wrap(who, &key).unwrap();
+        assert_eq!(wrapper.unwrap_key(who, &wrapped).unwrap(), key);
+        assert!(wrapper.unwrap_key(subject(), &wrapped).is_err());
+        let other = MasterKey::from_bytes([1; 32]).key_wrapping_key();
+        assert!(other.unwrap_key(who, &wrapped).is_err());
+    }
+
+    #[test]
+    fn a_master_key_is_read_from_hex_or_base64_and_must_have_32_bytes() {
+        let hex = MasterKey::parse(&"0f".repeat(32)).unwrap();
+        let base64 =
+            MasterKey::parse(&base64::engine::general_purpose::STANDARD.encode([15u8; 32]))
+                .unwrap();
+        assert_eq!(hex.derive("x"), base64.derive("x"));
+        let err = MasterKey::parse("c2hvcnQ=").unwrap_err();
+        assert!(
+            err.to_string().contains("has 5 bytes; it needs 32"),
+            "{err}"
+        );
+        assert_ne!(hex.derive("a"), hex.derive("b"));
     }
 
     #[test]

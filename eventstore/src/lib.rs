@@ -27,6 +27,7 @@ pub mod reader;
 pub mod record;
 pub mod repository;
 pub mod schema;
+pub mod subject_keys;
 pub mod verify;
 
 pub use appender::{AppendReceipt, Appender, AppenderConfig, AppenderTask};
@@ -37,4 +38,5 @@ pub use loader::{Loader, LoaderConfig, LoaderStats, LoaderTask};
 pub use reader::{LogHead, LogReader};
 pub use record::RecordedEvent;
 pub use repository::EventRepository;
+pub use subject_keys::PgSubjectKeys;
 pub use verify::{ChainFault, FaultReason, Verification};

@@ -18,7 +18,9 @@ impl From<AppendError> for LogError {
                 aggregate_type,
                 aggregate_id,
             },
-            AppendError::Unavailable(_) | AppendError::Stopped => Self::Unavailable(err.to_string()),
+            AppendError::Unavailable(_) | AppendError::Stopped => {
+                Self::Unavailable(err.to_string())
+            }
             other => Self::Failed(other.to_string()),
         }
     }

@@ -11,6 +11,7 @@ mod interleavings;
 mod loader;
 mod multi_aggregate;
 mod reader;
+mod subject_keys;
 mod tampering;
 
 use cqrs_es::persist::SerializedEvent;
