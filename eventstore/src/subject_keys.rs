@@ -26,11 +26,11 @@ impl PgSubjectKeys {
         .bind(subject.as_uuid())
         .fetch_optional(&self.pool)
         .await
-        .map_err(store_error)
+        .map_err(|err| store_error(&err))
     }
 }
 
-fn store_error(err: sqlx::Error) -> PrivacyError {
+fn store_error(err: &sqlx::Error) -> PrivacyError {
     PrivacyError::Store(err.to_string())
 }
 
@@ -52,7 +52,7 @@ impl SubjectKeys for PgSubjectKeys {
         .bind(wrapped)
         .execute(&self.pool)
         .await
-        .map_err(store_error)?;
+        .map_err(|err| store_error(&err))?;
         match self.stored(subject).await? {
             Some(Some(wrapped)) => self.wrapper.unwrap_key(subject, &wrapped),
             Some(None) => Err(PrivacyError::Forgotten(subject)),
@@ -78,7 +78,7 @@ impl SubjectKeys for PgSubjectKeys {
         .bind(subject.as_uuid())
         .execute(&self.pool)
         .await
-        .map_err(store_error)?;
+        .map_err(|err| store_error(&err))?;
         if inserted.rows_affected() == 1 {
             return Ok(false);
         }
@@ -89,7 +89,7 @@ impl SubjectKeys for PgSubjectKeys {
         .bind(subject.as_uuid())
         .execute(&self.pool)
         .await
-        .map_err(store_error)?;
+        .map_err(|err| store_error(&err))?;
         Ok(destroyed.rows_affected() == 1)
     }
 }

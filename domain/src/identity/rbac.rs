@@ -634,7 +634,7 @@ impl<'de> Deserialize<'de> for RoleName {
 
 /// A role as it is assigned: a built-in role or one of the tenant's custom roles. Written as
 /// the plain name; the two never collide, since a custom role cannot take a built-in name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RoleRef {
     /// A built-in role.
     Builtin(BuiltinRole),
