@@ -252,6 +252,95 @@ impl<'a, L: EventLog> UnitOfWork<'a, L> {
     }
 }
 
+/// What an idempotent command returns: its output the first time, the recorded result
+/// when its key was already used for the same command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome<O, R> {
+    /// The command ran now.
+    Done(O),
+    /// The key was used before for the same command; nothing was written this time.
+    Replayed(R),
+}
+
+/// A command that can be made idempotent: it is serializable (for its fingerprint) and
+/// says which part of its output to record for a replay.
+pub trait Idempotent<L: EventLog>: Command<L> + serde::Serialize {
+    /// What a replay returns. Never a secret: it is stored in the log.
+    type Recorded: serde::Serialize + serde::de::DeserializeOwned + Send;
+
+    /// The part of the output to record.
+    fn record(output: &Self::Output) -> Self::Recorded;
+}
+
+/// Runs `command` like [`run`], honouring the metadata's idempotency key: the first use of
+/// a key records the command's fingerprint and result in the same atomic write as its
+/// events, last; a later use with the same command returns the recorded result, with the
+/// last position of that write (as both first and last position), and writes nothing; a later use with another command is refused
+/// with [`CommandError::BadInput`]. Without a key this is [`run`].
+pub async fn run_idempotent<L: EventLog, C: Idempotent<L>>(
+    log: &L,
+    metadata: &CommandMetadata,
+    command: &C,
+) -> Result<(Outcome<C::Output, C::Recorded>, Option<Committed>), CommandError<C::Error>> {
+    use crate::idempotency::{self, IdempotencyRecord, Record};
+
+    let Some(key) = metadata.idempotency_key.as_deref() else {
+        let (output, committed) = run(log, metadata, command).await?;
+        return Ok((Outcome::Done(output), committed));
+    };
+    idempotency::check_key(key).map_err(CommandError::BadInput)?;
+    let fingerprint = idempotency::fingerprint(command).map_err(|err| {
+        CommandError::Infrastructure(format!("the command does not serialize: {err}"))
+    })?;
+    let record_id = idempotency::record_id(&metadata.actor_id, key);
+    let mut attempt = 1;
+    loop {
+        let mut work = UnitOfWork::new(log, metadata);
+        let mut record = work.load::<IdempotencyRecord>(&record_id).await?;
+        if let Some(recorded) = record.state().recorded() {
+            if recorded.fingerprint != fingerprint {
+                return Err(CommandError::BadInput(
+                    "this idempotency key was already used for a different request".to_owned(),
+                ));
+            }
+            let replayed: C::Recorded =
+                serde_json::from_value(recorded.result.clone()).map_err(|err| {
+                    CommandError::Infrastructure(format!(
+                        "the recorded result of idempotency key {key:?} does not decode: {err}"
+                    ))
+                })?;
+            let position = log
+                .position_of(IdempotencyRecord::TYPE, &record_id, record.version())
+                .await?;
+            let committed = position.map(|position| Committed {
+                first_position: position,
+                last_position: position,
+            });
+            return Ok((Outcome::Replayed(replayed), committed));
+        }
+        let output = command.decide(&mut work).await?;
+        let result = serde_json::to_value(C::record(&output)).map_err(|err| {
+            CommandError::Infrastructure(format!("the result does not serialize: {err}"))
+        })?;
+        // The record is written last, so its position is the write's last position.
+        work.handle(
+            &mut record,
+            Record {
+                fingerprint: fingerprint.clone(),
+                result,
+            },
+            &(),
+        )
+        .await
+        .map_err(|_| CommandError::Infrastructure("the idempotency record refused".into()))?;
+        match work.commit().await {
+            Ok(committed) => return Ok((Outcome::Done(output), committed)),
+            Err(LogError::Conflict { .. }) if attempt < MAX_ATTEMPTS => attempt += 1,
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
 /// How many times [`run`] tries a command whose aggregates keep changing under it.
 pub const MAX_ATTEMPTS: usize = 5;
 

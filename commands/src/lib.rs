@@ -8,6 +8,7 @@
 //! "who did this, on whose behalf, and as part of what".
 
 pub mod bus;
+pub mod idempotency;
 pub mod metadata;
 pub mod privacy;
 pub mod security;

@@ -3,7 +3,7 @@
 //! and writes nothing when an aggregate refuses.
 
 use commands::CommandMetadata;
-use commands::bus::{self, Command, CommandError, EventLog, UnitOfWork};
+use commands::bus::{self, Command, CommandError, EventLog, Idempotent, Outcome, UnitOfWork};
 use domain::ActorKind;
 use tests::TestDb;
 use tests::example::{Wallet, WalletCommand, WalletError};
@@ -12,6 +12,7 @@ use crate::assert_log_invariants;
 
 /// Moves money from one wallet to another: a withdrawal and a deposit, together or not at
 /// all.
+#[derive(serde::Serialize)]
 struct Transfer {
     from: String,
     to: String,
@@ -42,6 +43,14 @@ impl<L: EventLog> Command<L> for Transfer {
         )
         .await?;
         Ok(())
+    }
+}
+
+impl<L: EventLog> Idempotent<L> for Transfer {
+    type Recorded = String;
+
+    fn record((): &()) -> String {
+        "transferred".to_owned()
     }
 }
 
@@ -227,4 +236,123 @@ async fn concurrent_commands_on_shared_aggregates_are_retried_and_conserve_every
     let events = assert_log_invariants(&db.app).await;
     assert_eq!(events, 8 + 2 * done);
     assert!(stores[0].reader.verify(1, None).await.unwrap().is_intact());
+}
+
+fn keyed(key: &str) -> CommandMetadata {
+    let mut metadata = metadata();
+    metadata.idempotency_key = Some(key.to_owned());
+    metadata
+}
+
+async fn count_events(db: &TestDb) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.app)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_idempotent_retry_returns_the_first_result_and_appends_nothing() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let log = &store.repository;
+    for id in ["a", "b"] {
+        bus::run(
+            log,
+            &metadata(),
+            &OpenWith {
+                id: id.into(),
+                balance: 100,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let transfer = Transfer {
+        from: "a".into(),
+        to: "b".into(),
+        amount: 30,
+    };
+    let (first, committed) = bus::run_idempotent(log, &keyed("k-1"), &transfer)
+        .await
+        .unwrap();
+    assert_eq!(first, Outcome::Done(()));
+    let committed = committed.unwrap();
+    let events = count_events(&db).await;
+
+    let (again, replayed) = bus::run_idempotent(log, &keyed("k-1"), &transfer)
+        .await
+        .unwrap();
+    assert_eq!(again, Outcome::Replayed("transferred".to_owned()));
+    assert_eq!(
+        replayed.map(|c| c.last_position),
+        Some(committed.last_position),
+        "the replay names another last position"
+    );
+    assert_eq!(count_events(&db).await, events, "the retry appended events");
+    assert_eq!(balance(&db, "a").await, 70);
+
+    let other = Transfer {
+        from: "a".into(),
+        to: "b".into(),
+        amount: 31,
+    };
+    match bus::run_idempotent(log, &keyed("k-1"), &other).await {
+        Err(CommandError::BadInput(message)) => {
+            assert!(message.contains("different request"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Another actor's key of the same name is their own.
+    let mut someone_else = keyed("k-1");
+    someone_else.actor_id = "someone-else".into();
+    let (fresh, _) = bus::run_idempotent(log, &someone_else, &other)
+        .await
+        .unwrap();
+    assert_eq!(fresh, Outcome::Done(()));
+    assert_eq!(balance(&db, "a").await, 39);
+    match bus::run_idempotent(log, &keyed(""), &transfer).await {
+        Err(CommandError::BadInput(message)) => assert!(message.contains("1 to 255"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_with_one_key_run_the_command_once() {
+    let db = TestDb::new().await;
+    let stores = [db.store(), db.store()];
+    for id in ["a", "b"] {
+        bus::run(
+            &stores[0].repository,
+            &metadata(),
+            &OpenWith {
+                id: id.into(),
+                balance: 100,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let repository = stores[i % 2].repository.clone();
+        tasks.push(tokio::spawn(async move {
+            let transfer = Transfer {
+                from: "a".into(),
+                to: "b".into(),
+                amount: 10,
+            };
+            bus::run_idempotent(&repository, &keyed("same"), &transfer).await
+        }));
+    }
+    let mut done = 0;
+    for task in tasks {
+        match task.await.unwrap().unwrap() {
+            (Outcome::Done(()), _) => done += 1,
+            (Outcome::Replayed(_), _) => {}
+        }
+    }
+    assert_eq!(done, 1);
+    assert_eq!(balance(&db, "a").await, 90);
+    assert_eq!(balance(&db, "b").await, 110);
 }
