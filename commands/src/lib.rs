@@ -9,6 +9,7 @@
 
 pub mod bus;
 pub mod idempotency;
+pub mod identity;
 pub mod metadata;
 pub mod privacy;
 pub mod security;

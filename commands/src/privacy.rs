@@ -362,6 +362,22 @@ impl BlindIndexKey {
         mac.update(email.as_str().as_bytes());
         EmailIndex::from_digest(mac.finalize().into_bytes().into())
     }
+
+    /// A keyed digest of a request's fields, as 64 hex digits: what an idempotency record
+    /// compares, without a guessable hash of personal data in the log.
+    pub fn request_digest(&self, parts: &[&str]) -> String {
+        let mut mac = self.0.clone();
+        mac.update(b"platform request digest v1\n");
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part.as_bytes());
+        }
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 }
 
 impl fmt::Debug for BlindIndexKey {

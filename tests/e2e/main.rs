@@ -7,6 +7,7 @@ mod atomicity;
 mod bus;
 mod concurrency;
 mod cqrs_compat;
+mod identity;
 mod interleavings;
 mod loader;
 mod multi_aggregate;

@@ -1,0 +1,466 @@
+//! Identity commands through the real event store: a tenant with its owner, registration
+//! races, idempotent retries, logins with lockout, refresh-token rotation and reuse, and
+//! permission checks. No personal data or secret reaches the events table in plaintext.
+
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Duration, Utc};
+use commands::CommandMetadata;
+use commands::bus::Outcome;
+use commands::identity::{Clock, Identity, IdentityError};
+use commands::privacy::MasterKey;
+use commands::security::password::Argon2id;
+use domain::ActorKind;
+use eventstore::{EventRepository, PgSubjectKeys};
+use tests::TestDb;
+
+/// A clock the test moves by hand.
+#[derive(Debug)]
+struct TestClock(Mutex<DateTime<Utc>>);
+
+impl TestClock {
+    fn advance(&self, by: Duration) {
+        if let Ok(mut now) = self.0.lock() {
+            *now += by;
+        }
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.0.lock().map(|now| *now).unwrap_or_else(|_| Utc::now())
+    }
+}
+
+const OWNER_PASSWORD: &str = "correct horse battery staple";
+
+struct Fixture {
+    identity: Identity<EventRepository, PgSubjectKeys>,
+    clock: Arc<TestClock>,
+}
+
+fn fixture(db: &TestDb) -> Fixture {
+    let store = db.store();
+    let master = MasterKey::from_bytes([9; 32]);
+    let clock = Arc::new(TestClock(Mutex::new(Utc::now())));
+    let identity = Identity::new(
+        store.repository.clone(),
+        PgSubjectKeys::new(db.app.clone(), master.key_wrapping_key()),
+        Arc::new(Argon2id::owasp()),
+        &master,
+        clock.clone(),
+    );
+    Fixture { identity, clock }
+}
+
+fn anonymous() -> CommandMetadata {
+    CommandMetadata::new("anonymous", ActorKind::Anonymous, None)
+}
+
+fn as_user(id: &impl ToString) -> CommandMetadata {
+    CommandMetadata::new(id.to_string(), ActorKind::User, None)
+}
+
+async fn count(db: &TestDb, event_type: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = $1")
+        .bind(event_type)
+        .fetch_one(&db.app)
+        .await
+        .unwrap()
+}
+
+async fn new_tenant(f: &Fixture) -> (String, String) {
+    let (outcome, position) = f
+        .identity
+        .create_tenant(
+            &anonymous(),
+            "Acme",
+            "free",
+            "Ada@Example.org",
+            "Ada Lovelace",
+            OWNER_PASSWORD,
+        )
+        .await
+        .unwrap();
+    assert!(position.is_some());
+    let Outcome::Done(created) = outcome else {
+        panic!("a new tenant was replayed");
+    };
+    assert!(created.verification_token.is_some());
+    (created.tenant_id.to_string(), created.owner_id.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_starts_with_its_owner_who_can_log_in_and_rotate_tokens() {
+    let db = TestDb::new().await;
+    let f = fixture(&db);
+    let (tenant, owner) = new_tenant(&f).await;
+    let (login, _) = f
+        .identity
+        .login(&anonymous(), &tenant, "ada@example.org", OWNER_PASSWORD)
+        .await
+        .unwrap();
+    assert_eq!(login.user_id.to_string(), owner);
+    let session = login.session_id.to_string();
+
+    let (first, _) = f
+        .identity
+        .refresh(&anonymous(), &session, &login.refresh_token)
+        .await
+        .unwrap();
+    let (second, _) = f
+        .identity
+        .refresh(&anonymous(), &session, &first.refresh_token)
+        .await
+        .unwrap();
+    assert_ne!(first.refresh_token, second.refresh_token);
+
+    // The first token was already rotated: presenting it again is theft.
+    match f
+        .identity
+        .refresh(&anonymous(), &session, &first.refresh_token)
+        .await
+    {
+        Err(IdentityError::Unauthenticated {
+            reason: "refresh_token_reused",
+            ..
+        }) => {}
+        other => panic!("expected reuse detection, got {other:?}"),
+    }
+    assert_eq!(count(&db, "RefreshTokenReused").await, 1);
+    assert_eq!(
+        count(&db, "SessionRevoked").await,
+        1,
+        "the revocation was not recorded"
+    );
+    // The whole family is revoked: even the newest token is refused now.
+    match f
+        .identity
+        .refresh(&anonymous(), &session, &second.refresh_token)
+        .await
+    {
+        Err(IdentityError::Unauthenticated {
+            reason: "session_ended",
+            ..
+        }) => {}
+        other => panic!("expected a revoked session, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_two_concurrent_registrations_of_one_address_exactly_one_wins() {
+    let db = TestDb::new().await;
+    let f = Arc::new(fixture(&db));
+    let (tenant, _) = new_tenant(&f).await;
+    let mut racers = Vec::new();
+    for i in 0..2 {
+        let (f, tenant) = (f.clone(), tenant.clone());
+        racers.push(tokio::spawn(async move {
+            f.identity
+                .register(
+                    &anonymous(),
+                    &tenant,
+                    "grace@example.org",
+                    &format!("Grace {i}"),
+                    "a long and unusual passphrase",
+                )
+                .await
+        }));
+    }
+    let mut winners = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(_) => winners += 1,
+            Err(IdentityError::Refused {
+                reason: "email_taken",
+                ..
+            }) => {}
+            Err(other) => panic!("unexpected failure: {other:?}"),
+        }
+    }
+    assert_eq!(winners, 1);
+    assert_eq!(
+        count(&db, "UserRegistered").await,
+        2,
+        "the owner and one new user"
+    );
+    // Case does not make a new address.
+    match f
+        .identity
+        .register(
+            &anonymous(),
+            &tenant,
+            "GRACE@example.org",
+            "Grace",
+            "a long and unusual passphrase",
+        )
+        .await
+    {
+        Err(IdentityError::Refused {
+            reason: "email_taken",
+            ..
+        }) => {}
+        other => panic!("expected email_taken, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_registration_retry_appends_no_new_events() {
+    let db = TestDb::new().await;
+    let f = fixture(&db);
+    let (tenant, _) = new_tenant(&f).await;
+    let mut metadata = anonymous();
+    metadata.idempotency_key = Some("signup-7".into());
+    let (first, position) = f
+        .identity
+        .register(
+            &metadata,
+            &tenant,
+            "grace@example.org",
+            "Grace Hopper",
+            "a long and unusual passphrase",
+        )
+        .await
+        .unwrap();
+    let Outcome::Done(registered) = first else {
+        panic!("the first registration was a replay")
+    };
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+    let (again, replayed_position) = f
+        .identity
+        .register(
+            &metadata,
+            &tenant,
+            "grace@example.org",
+            "Grace Hopper",
+            "a long and unusual passphrase",
+        )
+        .await
+        .unwrap();
+    match again {
+        Outcome::Replayed(replayed) => assert_eq!(replayed.user_id, registered.user_id),
+        Outcome::Done(_) => panic!("the retry ran again"),
+    }
+    assert_eq!(replayed_position, position);
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+    assert_eq!(after, events, "the retry appended events");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_wrong_passwords_lock_the_account_until_the_lock_expires() {
+    let db = TestDb::new().await;
+    let f = fixture(&db);
+    let (tenant, _) = new_tenant(&f).await;
+    for _ in 0..5 {
+        match f
+            .identity
+            .login(
+                &anonymous(),
+                &tenant,
+                "ada@example.org",
+                "not the password at all",
+            )
+            .await
+        {
+            Err(IdentityError::Unauthenticated {
+                reason: "invalid_credentials",
+                ..
+            }) => {}
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+    assert_eq!(count(&db, "LoginFailed").await, 5);
+    assert_eq!(count(&db, "AccountLocked").await, 1);
+    match f
+        .identity
+        .login(&anonymous(), &tenant, "ada@example.org", OWNER_PASSWORD)
+        .await
+    {
+        Err(IdentityError::Unauthenticated {
+            reason: "account_locked",
+            ..
+        }) => {}
+        other => panic!("a locked account logged in: {other:?}"),
+    }
+    f.clock.advance(Duration::minutes(6));
+    f.identity
+        .login(&anonymous(), &tenant, "ada@example.org", OWNER_PASSWORD)
+        .await
+        .unwrap();
+    // An unknown address fails the same way, and records nothing.
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+    match f
+        .identity
+        .login(&anonymous(), &tenant, "nobody@example.org", OWNER_PASSWORD)
+        .await
+    {
+        Err(IdentityError::Unauthenticated {
+            reason: "invalid_credentials",
+            ..
+        }) => {}
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+    assert_eq!(before, after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_the_actor_may_not_issue_is_denied_and_appends_nothing() {
+    let db = TestDb::new().await;
+    let f = fixture(&db);
+    let (tenant, owner) = new_tenant(&f).await;
+    let (registered, _) = f
+        .identity
+        .register(
+            &anonymous(),
+            &tenant,
+            "grace@example.org",
+            "Grace Hopper",
+            "a long and unusual passphrase",
+        )
+        .await
+        .unwrap();
+    let Outcome::Done(grace) = registered else {
+        panic!("replayed")
+    };
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+    match f
+        .identity
+        .rename_tenant(&as_user(&grace.user_id), &tenant, "Grace Inc")
+        .await
+    {
+        Err(IdentityError::Forbidden(permission)) => {
+            assert_eq!(permission.as_str(), "tenants:update")
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+    assert_eq!(before, after, "a denied command wrote events");
+    f.identity
+        .rename_tenant(&as_user(&owner), &tenant, "Acme Worldwide")
+        .await
+        .unwrap();
+    assert_eq!(count(&db, "TenantRenamed").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_names_the_field() {
+    let db = TestDb::new().await;
+    let f = fixture(&db);
+    let (tenant, _) = new_tenant(&f).await;
+    for (email, name, password, field) in [
+        (
+            "not-an-email",
+            "Grace",
+            "a long and unusual passphrase",
+            "email",
+        ),
+        (
+            "grace@example.org",
+            "",
+            "a long and unusual passphrase",
+            "name",
+        ),
+        ("grace@example.org", "Grace", "short", "password"),
+        (
+            "grace@example.org",
+            "Grace",
+            "grace@example.org",
+            "password",
+        ),
+    ] {
+        match f
+            .identity
+            .register(&anonymous(), &tenant, email, name, password)
+            .await
+        {
+            Err(IdentityError::BadInput { field: named, .. }) => assert_eq!(named, field),
+            other => panic!("{email}/{name}/{password}: expected bad input, got {other:?}"),
+        }
+    }
+    match f
+        .identity
+        .register(
+            &anonymous(),
+            "nope",
+            "grace@example.org",
+            "Grace",
+            "a long and unusual passphrase",
+        )
+        .await
+    {
+        Err(IdentityError::BadInput {
+            field: "tenantId", ..
+        }) => {}
+        other => panic!("expected bad input, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_personal_data_or_secret_is_stored_in_plaintext() {
+    let db = TestDb::new().await;
+    let f = fixture(&db);
+    let (tenant, _) = new_tenant(&f).await;
+    let (registered, _) = f
+        .identity
+        .register(
+            &anonymous(),
+            &tenant,
+            "grace.hopper@navy.example",
+            "Grace Brewster Hopper",
+            "cobol compilers forever",
+        )
+        .await
+        .unwrap();
+    let Outcome::Done(grace) = registered else {
+        panic!("replayed")
+    };
+    let (login, _) = f
+        .identity
+        .login(
+            &anonymous(),
+            &tenant,
+            "grace.hopper@navy.example",
+            "cobol compilers forever",
+        )
+        .await
+        .unwrap();
+    let log: Vec<String> = sqlx::query_scalar("SELECT payload::text || metadata::text FROM events")
+        .fetch_all(&db.app)
+        .await
+        .unwrap();
+    let log = log.join("\n").to_lowercase();
+    for secret in [
+        "ada@example.org",
+        "ada lovelace",
+        "grace.hopper",
+        "grace brewster",
+        "cobol compilers",
+        OWNER_PASSWORD,
+        login.refresh_token.as_str(),
+        grace.verification_token.as_deref().unwrap_or("missing"),
+    ] {
+        assert!(
+            !log.contains(&secret.to_lowercase()),
+            "{secret:?} is in the events table"
+        );
+    }
+}
