@@ -137,6 +137,8 @@ impl<A: Aggregate> Loaded<A> {
 pub struct UnitOfWork<'a, L: EventLog> {
     log: &'a L,
     metadata: Value,
+    /// Set when the metadata carries a client IP that was not sealed: nothing is committed.
+    unsealed_ip: bool,
     /// Pending events per aggregate, in the order aggregates first decided something.
     pending: Vec<Vec<SerializedEvent>>,
     slots: HashMap<(String, String), usize>,
@@ -153,6 +155,10 @@ impl<'a, L: EventLog> UnitOfWork<'a, L> {
         Self {
             log,
             metadata: Value::Object(map),
+            unsealed_ip: matches!(
+                metadata.client_ip,
+                Some(crate::metadata::ClientIp::Plain(_))
+            ),
             pending: Vec::new(),
             slots: HashMap::new(),
         }
@@ -239,7 +245,13 @@ impl<'a, L: EventLog> UnitOfWork<'a, L> {
     }
 
     /// Appends everything decided, atomically. Returns `None` when nothing was decided.
+    /// Refuses to write events whose metadata holds a client IP that was not sealed.
     pub async fn commit(self) -> Result<Option<Committed>, LogError> {
+        if self.unsealed_ip && !self.is_empty() {
+            return Err(LogError::Failed(
+                "the client IP must be sealed as personal data before events are written".into(),
+            ));
+        }
         let writes: Vec<Vec<SerializedEvent>> = self
             .pending
             .into_iter()

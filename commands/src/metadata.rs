@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use domain::ActorKind;
+use domain::personal::PersonalData;
 use uuid::Uuid;
 
 /// Metadata key: the id of the principal that issued the command.
@@ -26,8 +27,20 @@ pub const CORRELATION_ID: &str = "correlation_id";
 pub const CAUSATION_ID: &str = "causation_id";
 /// Metadata key: the caller's idempotency key, when the request had one.
 pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
-/// Metadata key: the IP address the request came from, when known.
+/// Metadata key: the IP address the request came from, when known, sealed as personal data
+/// of the person the command concerns (a JSON `PersonalData` in the string).
 pub const CLIENT_IP: &str = "client_ip";
+
+/// The IP address a request came from. It is personal data: it reaches the log only
+/// sealed under the key of the person the command concerns, which the application layer
+/// does before the command runs; a plain address is never written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientIp {
+    /// As the request arrived; not yet sealed.
+    Plain(IpAddr),
+    /// Sealed, ready to be stored.
+    Sealed(PersonalData),
+}
 
 /// Who issued a command, for whom, and as part of what.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,7 +61,7 @@ pub struct CommandMetadata {
     /// The caller's idempotency key, if the request carried one.
     pub idempotency_key: Option<String>,
     /// Where the request came from, if known.
-    pub client_ip: Option<IpAddr>,
+    pub client_ip: Option<ClientIp>,
 }
 
 /// A metadata map that cannot be read as [`CommandMetadata`].
@@ -92,7 +105,8 @@ impl CommandMetadata {
     }
 
     /// The string map that cqrs-es stores beside each event. Absent optional values are left
-    /// out rather than stored empty.
+    /// out rather than stored empty, and so is a client IP that is not sealed: a plain
+    /// address never reaches the log (the command bus refuses to commit with one).
     pub fn to_map(&self) -> HashMap<String, String> {
         let mut map = HashMap::with_capacity(8);
         map.insert(ACTOR_ID.to_owned(), self.actor_id.clone());
@@ -108,8 +122,10 @@ impl CommandMetadata {
         if let Some(key) = &self.idempotency_key {
             map.insert(IDEMPOTENCY_KEY.to_owned(), key.clone());
         }
-        if let Some(ip) = self.client_ip {
-            map.insert(CLIENT_IP.to_owned(), ip.to_string());
+        if let Some(ClientIp::Sealed(sealed)) = &self.client_ip
+            && let Ok(json) = serde_json::to_string(sealed)
+        {
+            map.insert(CLIENT_IP.to_owned(), json);
         }
         map
     }
@@ -143,11 +159,13 @@ impl CommandMetadata {
             client_ip: map
                 .get(CLIENT_IP)
                 .map(|v| {
-                    v.parse().map_err(|_| MetadataError::Invalid {
-                        key: CLIENT_IP,
-                        expected: "IP address",
-                        value: v.clone(),
-                    })
+                    serde_json::from_str::<PersonalData>(v)
+                        .map(ClientIp::Sealed)
+                        .map_err(|_| MetadataError::Invalid {
+                            key: CLIENT_IP,
+                            expected: "sealed IP address",
+                            value: v.clone(),
+                        })
                 })
                 .transpose()?,
         })
@@ -163,8 +181,20 @@ mod tests {
         let mut meta = CommandMetadata::new("user-1", ActorKind::User, Some(Uuid::now_v7()));
         meta.causation_id = Some(Uuid::now_v7());
         meta.idempotency_key = Some("key-1".into());
-        meta.client_ip = Some("192.0.2.7".parse().unwrap());
+        meta.client_ip = Some(ClientIp::Sealed(PersonalData::from_sealed(
+            domain::personal::SubjectId::from_uuid(Uuid::now_v7()),
+            "c2VhbGVk".into(),
+        )));
         assert_eq!(CommandMetadata::from_map(&meta.to_map()), Ok(meta));
+    }
+
+    #[test]
+    fn a_plain_client_ip_is_never_written() {
+        let mut meta = CommandMetadata::new("user-1", ActorKind::User, None);
+        meta.client_ip = Some(ClientIp::Plain("192.0.2.7".parse().unwrap()));
+        let map = meta.to_map();
+        assert!(!map.contains_key(CLIENT_IP));
+        assert!(!map.values().any(|v| v.contains("192.0.2.7")));
     }
 
     #[test]

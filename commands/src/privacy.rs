@@ -145,6 +145,25 @@ pub fn seal(
     ))
 }
 
+/// Seals the client IP of a request in `metadata` under `subject`'s key, the person the
+/// command concerns. A missing or already sealed IP is left as it is.
+pub async fn seal_client_ip<K: SubjectKeys>(
+    keys: &K,
+    metadata: &mut crate::metadata::CommandMetadata,
+    subject: SubjectId,
+) -> Result<(), PrivacyError> {
+    if let Some(crate::metadata::ClientIp::Plain(ip)) = metadata.client_ip {
+        let key = keys.key_for(subject).await?;
+        metadata.client_ip = Some(crate::metadata::ClientIp::Sealed(seal(
+            &key,
+            subject,
+            crate::metadata::CLIENT_IP,
+            &ip.to_string(),
+        )?));
+    }
+    Ok(())
+}
+
 /// What opening a personal field gives.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Opened {

@@ -356,3 +356,27 @@ async fn concurrent_requests_with_one_key_run_the_command_once() {
     assert_eq!(balance(&db, "a").await, 90);
     assert_eq!(balance(&db, "b").await, 110);
 }
+
+#[tokio::test]
+async fn events_whose_metadata_holds_a_plain_client_ip_are_not_written() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let mut plain = metadata();
+    plain.client_ip = Some(commands::ClientIp::Plain("192.0.2.1".parse().unwrap()));
+    match bus::run(
+        &store.repository,
+        &plain,
+        &OpenWith {
+            id: "a".into(),
+            balance: 1,
+        },
+    )
+    .await
+    {
+        Err(CommandError::Infrastructure(message)) => {
+            assert!(message.contains("client IP must be sealed"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(count_events(&db).await, 0);
+}

@@ -5,12 +5,14 @@
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
-use commands::CommandMetadata;
 use commands::bus::Outcome;
 use commands::identity::{Clock, Identity, IdentityError};
 use commands::privacy::MasterKey;
+use commands::privacy::{self, Opened, SubjectKeys};
 use commands::security::password::Argon2id;
+use commands::{ClientIp, CommandMetadata};
 use domain::ActorKind;
+use domain::personal::PersonalData;
 use eventstore::{EventRepository, PgSubjectKeys};
 use tests::TestDb;
 
@@ -456,6 +458,7 @@ async fn no_personal_data_or_secret_is_stored_in_plaintext() {
         "cobol compilers",
         OWNER_PASSWORD,
         login.refresh_token.as_str(),
+        "203.0.113.77",
         grace.verification_token.as_deref().unwrap_or("missing"),
     ] {
         assert!(
@@ -463,4 +466,34 @@ async fn no_personal_data_or_secret_is_stored_in_plaintext() {
             "{secret:?} is in the events table"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_ip_is_recorded_sealed_under_the_key_of_the_person_concerned() {
+    let db = TestDb::new().await;
+    let f = fixture(&db);
+    let (tenant, owner) = new_tenant(&f).await;
+    let mut metadata = anonymous();
+    metadata.client_ip = Some(ClientIp::Plain("198.51.100.9".parse().unwrap()));
+    f.identity
+        .login(&metadata, &tenant, "ada@example.org", OWNER_PASSWORD)
+        .await
+        .unwrap();
+    let stored: String = sqlx::query_scalar(
+        "SELECT metadata->>'client_ip' FROM events WHERE event_type = 'SessionOpened'",
+    )
+    .fetch_one(&db.app)
+    .await
+    .unwrap();
+    let sealed: PersonalData = serde_json::from_str(&stored).unwrap();
+    assert_eq!(sealed.subject().to_string(), owner);
+    let keys = PgSubjectKeys::new(
+        db.app.clone(),
+        MasterKey::from_bytes([9; 32]).key_wrapping_key(),
+    );
+    let key = keys.find(sealed.subject()).await.unwrap();
+    assert_eq!(
+        privacy::open(key.as_ref(), &sealed, "client_ip").unwrap(),
+        Opened::Plain("198.51.100.9".into())
+    );
 }

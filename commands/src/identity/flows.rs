@@ -150,6 +150,17 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         })
     }
 
+    /// The metadata with its client IP sealed under `subject`'s key.
+    async fn sealed(
+        &self,
+        metadata: &CommandMetadata,
+        subject: SubjectId,
+    ) -> Result<CommandMetadata, IdentityError> {
+        let mut metadata = metadata.clone();
+        privacy::seal_client_ip(&self.keys, &mut metadata, subject).await?;
+        Ok(metadata)
+    }
+
     /// Creates a tenant together with its first owner, who is registered as a user of it.
     pub async fn create_tenant(
         &self,
@@ -174,6 +185,9 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         let tenant_id = TenantId::from_uuid(Uuid::now_v7());
         let owner = self
             .prepare_person(tenant_id, owner_email, owner_name, owner_password)
+            .await?;
+        let metadata = &self
+            .sealed(metadata, SubjectId::from_uuid(owner.user_id.as_uuid()))
             .await?;
         let (verification, verification_hash) = token()?;
         let command = CreateTenant {
@@ -271,6 +285,9 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
                 false
             }
         };
+        let metadata = &self
+            .sealed(metadata, SubjectId::from_uuid(user_id.as_uuid()))
+            .await?;
         let (refresh_token, refresh_hash) = token()?;
         let command = Login {
             tenant_id,
@@ -309,6 +326,20 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         let session_id: SessionId = session
             .parse()
             .map_err(|err| IdentityError::bad_input("sessionId", err))?;
+        let reader = UnitOfWork::new(&self.log, metadata);
+        let holder = reader
+            .load::<Session>(&session_id.to_string())
+            .await
+            .map_err(|err| IdentityError::Infrastructure(err.to_string()))?
+            .state()
+            .user();
+        let metadata = &match holder {
+            Some(user) => {
+                self.sealed(metadata, SubjectId::from_uuid(user.as_uuid()))
+                    .await?
+            }
+            None => metadata.clone(),
+        };
         let (next, next_hash) = token()?;
         let command = Refresh {
             session_id,
@@ -345,6 +376,11 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         let name =
             TenantName::parse(name).map_err(|err| IdentityError::bad_input("name", err.problem))?;
         let actor = actor_principal(metadata)?;
+        let subject = match actor {
+            Principal::User(id) => id.as_uuid(),
+            Principal::ServiceAccount(id) => id.as_uuid(),
+        };
+        let metadata = &self.sealed(metadata, SubjectId::from_uuid(subject)).await?;
         let command = RenameTenant {
             tenant_id,
             actor,
