@@ -164,6 +164,67 @@ pub async fn seal_client_ip<K: SubjectKeys>(
     Ok(())
 }
 
+/// Seals a secret the platform must read back (a TOTP secret) with the secrets key, bound to
+/// `purpose` (for example `totp:<user id>`).
+pub fn seal_secret(
+    key: &DataKey,
+    purpose: &str,
+    secret: &[u8],
+) -> Result<domain::identity::credentials::SealedSecret, PrivacyError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::fill(&mut nonce).map_err(|_| PrivacyError::Random)?;
+    let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
+    let aad = format!("platform secret v1\n{purpose}");
+    let sealed = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: secret,
+                aad: aad.as_bytes(),
+            },
+        )
+        .map_err(|_| PrivacyError::Random)?;
+    let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
+    out.push(VERSION);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&sealed);
+    Ok(domain::identity::credentials::SealedSecret::from_sealed(
+        URL_SAFE_NO_PAD.encode(out),
+    ))
+}
+
+/// Opens a secret sealed by [`seal_secret`] for the same `purpose`.
+pub fn open_secret(
+    key: &DataKey,
+    purpose: &str,
+    sealed: &domain::identity::credentials::SealedSecret,
+) -> Result<Vec<u8>, PrivacyError> {
+    let fail = |problem: &'static str| {
+        PrivacyError::Store(format!("sealed secret for {purpose} {problem}"))
+    };
+    let bytes = URL_SAFE_NO_PAD
+        .decode(sealed.as_str())
+        .map_err(|_| fail("is not unpadded base64url"))?;
+    let Some((&version, rest)) = bytes.split_first() else {
+        return Err(fail("is empty"));
+    };
+    if version != VERSION || rest.len() < NONCE_LEN + TAG_LEN {
+        return Err(fail("has an unknown format"));
+    }
+    let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+    let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
+    let aad = format!("platform secret v1\n{purpose}");
+    cipher
+        .decrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: aad.as_bytes(),
+            },
+        )
+        .map_err(|_| fail("does not open with the configured secrets key"))
+}
+
 /// What opening a personal field gives.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Opened {

@@ -497,3 +497,249 @@ async fn the_client_ip_is_recorded_sealed_under_the_key_of_the_person_concerned(
         Opened::Plain("198.51.100.9".into())
     );
 }
+
+fn code_at(f: &Fixture, secret: &str, offset_steps: i64) -> String {
+    use commands::security::totp;
+    let secret = totp::TotpSecret::from_base32(secret).unwrap();
+    let now = u64::try_from(f.clock.now().timestamp()).unwrap();
+    let step = totp::step_at(now).checked_add_signed(offset_steps).unwrap();
+    format!("{:06}", totp::code_at_step(&secret, step))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_totp_enabled_a_login_needs_a_fresh_code_or_an_unused_recovery_code() {
+    let db = TestDb::new().await;
+    let f = fixture(&db);
+    let (tenant, owner) = new_tenant(&f).await;
+    let me = as_user(&owner);
+    let enrollment = f
+        .identity
+        .start_totp_enrollment(&me, "Platform", "ada@example.org")
+        .await
+        .unwrap();
+    assert!(enrollment.otpauth_uri.starts_with("otpauth://totp/"));
+    match f.identity.confirm_totp(&me, "000000").await {
+        Err(IdentityError::Unauthenticated {
+            reason: "invalid_code",
+            ..
+        }) => {}
+        other => panic!("a wrong code confirmed MFA: {other:?}"),
+    }
+    let recovery = f
+        .identity
+        .confirm_totp(&me, &code_at(&f, &enrollment.secret, 0))
+        .await
+        .unwrap();
+    assert_eq!(recovery.len(), 10);
+
+    match f
+        .identity
+        .login(&anonymous(), &tenant, "ada@example.org", OWNER_PASSWORD)
+        .await
+    {
+        Err(IdentityError::Unauthenticated {
+            reason: "mfa_required",
+            ..
+        }) => {}
+        other => panic!("a login without a second factor passed: {other:?}"),
+    }
+    // The confirming code's step is spent; the next step's code works, once.
+    f.clock.advance(Duration::seconds(30));
+    let code = code_at(&f, &enrollment.secret, 0);
+    let (login, _) = f
+        .identity
+        .login_with_code(
+            &anonymous(),
+            &tenant,
+            "ada@example.org",
+            OWNER_PASSWORD,
+            Some(&code),
+        )
+        .await
+        .unwrap();
+    assert_eq!(login.user_id.to_string(), owner);
+    match f
+        .identity
+        .login_with_code(
+            &anonymous(),
+            &tenant,
+            "ada@example.org",
+            OWNER_PASSWORD,
+            Some(&code),
+        )
+        .await
+    {
+        Err(IdentityError::Unauthenticated {
+            reason: "code_already_used",
+            ..
+        }) => {}
+        other => panic!("a code was accepted twice: {other:?}"),
+    }
+    // A recovery code works once.
+    f.identity
+        .login_with_code(
+            &anonymous(),
+            &tenant,
+            "ada@example.org",
+            OWNER_PASSWORD,
+            Some(&recovery[0]),
+        )
+        .await
+        .unwrap();
+    assert!(
+        f.identity
+            .login_with_code(
+                &anonymous(),
+                &tenant,
+                "ada@example.org",
+                OWNER_PASSWORD,
+                Some(&recovery[0])
+            )
+            .await
+            .is_err(),
+        "a recovery code worked twice"
+    );
+    // Disabling MFA needs a fresh code.
+    f.clock.advance(Duration::seconds(30));
+    f.identity
+        .disable_mfa(&me, &code_at(&f, &enrollment.secret, 0))
+        .await
+        .unwrap();
+    f.identity
+        .login(&anonymous(), &tenant, "ada@example.org", OWNER_PASSWORD)
+        .await
+        .unwrap();
+    assert_eq!(count(&db, "TotpCodeUsed").await, 1);
+    assert_eq!(count(&db, "RecoveryCodeUsed").await, 1);
+    assert_eq!(count(&db, "MfaDisabled").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_key_is_shown_once_stored_hashed_and_scoped_within_its_creator() {
+    let db = TestDb::new().await;
+    let f = fixture(&db);
+    let (tenant, owner) = new_tenant(&f).await;
+    let (created, _) = f
+        .identity
+        .create_api_key(
+            &as_user(&owner),
+            &tenant,
+            "ci deploys",
+            &["resources:provision", "resources:read"],
+            None,
+        )
+        .await
+        .unwrap();
+    let parsed = commands::security::api_key::ApiKeySecret::parse(&created.key).unwrap();
+    let stored: String = sqlx::query_scalar(
+        "SELECT payload->'ApiKeyCreated'->>'hash' FROM events WHERE event_type = 'ApiKeyCreated'",
+    )
+    .fetch_one(&db.app)
+    .await
+    .unwrap();
+    assert_eq!(stored, parsed.hash().to_string());
+    let log: Vec<String> = sqlx::query_scalar("SELECT payload::text FROM events")
+        .fetch_all(&db.app)
+        .await
+        .unwrap();
+    assert!(
+        !log.join("").contains(&created.key),
+        "the key is in the log"
+    );
+
+    // A user without roles cannot create keys at all.
+    let (registered, _) = f
+        .identity
+        .register(
+            &anonymous(),
+            &tenant,
+            "grace@example.org",
+            "Grace Hopper",
+            "a long and unusual passphrase",
+        )
+        .await
+        .unwrap();
+    let Outcome::Done(grace) = registered else {
+        panic!("replayed")
+    };
+    match f
+        .identity
+        .create_api_key(
+            &as_user(&grace.user_id),
+            &tenant,
+            "mine",
+            &["resources:read"],
+            None,
+        )
+        .await
+    {
+        Err(IdentityError::Forbidden(permission)) => {
+            assert_eq!(permission.as_str(), "api_keys:create")
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    match f
+        .identity
+        .create_api_key(&as_user(&owner), &tenant, "bad", &["resources:fly"], None)
+        .await
+    {
+        Err(IdentityError::BadInput {
+            field: "scopes", ..
+        }) => {}
+        other => panic!("expected bad input, got {other:?}"),
+    }
+    f.identity
+        .revoke_api_key(&as_user(&owner), &tenant, &created.key_id.to_string())
+        .await
+        .unwrap();
+    match f
+        .identity
+        .revoke_api_key(&as_user(&owner), &tenant, &created.key_id.to_string())
+        .await
+    {
+        Err(IdentityError::Refused { reason, .. }) => assert_eq!(reason, "already_revoked"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_logs_out_one_session_or_revokes_them_all() {
+    let db = TestDb::new().await;
+    let f = fixture(&db);
+    let (tenant, owner) = new_tenant(&f).await;
+    let (login, _) = f
+        .identity
+        .login(&anonymous(), &tenant, "ada@example.org", OWNER_PASSWORD)
+        .await
+        .unwrap();
+    let session = login.session_id.to_string();
+    // Someone else cannot end it.
+    match f
+        .identity
+        .logout(&as_user(&uuid::Uuid::now_v7()), &session)
+        .await
+    {
+        Err(IdentityError::Refused {
+            reason: "session_not_found",
+            ..
+        }) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    f.identity.logout(&as_user(&owner), &session).await.unwrap();
+    match f
+        .identity
+        .refresh(&anonymous(), &session, &login.refresh_token)
+        .await
+    {
+        Err(IdentityError::Unauthenticated {
+            reason: "session_ended",
+            ..
+        }) => {}
+        other => panic!("a logged-out session refreshed: {other:?}"),
+    }
+    f.identity
+        .revoke_all_sessions(&as_user(&owner))
+        .await
+        .unwrap();
+    assert_eq!(count(&db, "AllSessionsRevoked").await, 1);
+}

@@ -25,6 +25,7 @@ use crate::bus::{self, Command, CommandError, EventLog, Idempotent, Outcome, Uni
 use crate::metadata::CommandMetadata;
 use crate::privacy::{self, SubjectKeys};
 use crate::security::password::{self, PasswordHasher};
+use crate::security::recovery;
 
 /// A refusal of any of the aggregates a command touches.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +34,16 @@ pub struct Refused {
     kind: RefusalKind,
     reason: &'static str,
     message: String,
+}
+
+impl Refused {
+    pub(crate) fn new(kind: RefusalKind, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            reason,
+            message: message.into(),
+        }
+    }
 }
 
 impl Refusal for Refused {
@@ -45,7 +56,7 @@ impl Refusal for Refused {
     }
 }
 
-fn refused<E: Refusal>(err: CommandError<E>) -> CommandError<Refused> {
+pub(crate) fn refused<E: Refusal>(err: CommandError<E>) -> CommandError<Refused> {
     match err {
         CommandError::Refused(refusal) => CommandError::Refused(Refused {
             kind: refusal.kind(),
@@ -151,7 +162,7 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
     }
 
     /// The metadata with its client IP sealed under `subject`'s key.
-    async fn sealed(
+    pub(crate) async fn sealed(
         &self,
         metadata: &CommandMetadata,
         subject: SubjectId,
@@ -254,6 +265,20 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         email: &str,
         password_text: &str,
     ) -> Result<(LoginOutcome, Option<i64>), IdentityError> {
+        self.login_with_code(metadata, tenant, email, password_text, None)
+            .await
+    }
+
+    /// Logs in with email, password and, for an account with MFA, a second factor: a TOTP
+    /// code (6 digits) or a recovery code. A wrong TOTP code counts as a failed login.
+    pub async fn login_with_code(
+        &self,
+        metadata: &CommandMetadata,
+        tenant: &str,
+        email: &str,
+        password_text: &str,
+        code: Option<&str>,
+    ) -> Result<(LoginOutcome, Option<i64>), IdentityError> {
         let tenant_id = parse_tenant(tenant)?;
         let email =
             Email::parse(email).map_err(|err| IdentityError::bad_input("email", err.problem))?;
@@ -288,8 +313,27 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         let metadata = &self
             .sealed(metadata, SubjectId::from_uuid(user_id.as_uuid()))
             .await?;
+        let second_factor = match code {
+            Some(code) if verified && user.state().mfa_status() == MfaStatus::Enabled => {
+                let compact: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+                if compact.len() == 6 && compact.chars().all(|c| c.is_ascii_digit()) {
+                    Some(
+                        self.totp_step(user.state(), user_id, &compact, false)
+                            .map(SecondFactor::Totp),
+                    )
+                } else {
+                    Some(
+                        recovery::hash(code)
+                            .map(SecondFactor::Recovery)
+                            .map_err(|err| IdentityError::bad_input("code", err)),
+                    )
+                }
+            }
+            _ => None,
+        };
         let (refresh_token, refresh_hash) = token()?;
         let command = Login {
+            second_factor,
             tenant_id,
             user_id,
             verified_hash: user.state().password_hash().cloned().filter(|_| verified),
@@ -395,7 +439,7 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
 }
 
 /// The principal behind a command, from its metadata.
-fn actor_principal(metadata: &CommandMetadata) -> Result<Principal, IdentityError> {
+pub(crate) fn actor_principal(metadata: &CommandMetadata) -> Result<Principal, IdentityError> {
     let id: Uuid = metadata
         .actor_id
         .parse()
@@ -416,7 +460,7 @@ fn actor_principal(metadata: &CommandMetadata) -> Result<Principal, IdentityErro
 }
 
 /// Checks that `actor` holds `permission` in the loaded tenant.
-fn authorize(
+pub(crate) fn authorize(
     tenant: &Tenant,
     actor: &Principal,
     permission: Permission,
@@ -671,6 +715,8 @@ impl<L: EventLog> Idempotent<L> for Register {
 
 /// A login, decided: the password check happened before, outside the unit of work.
 pub struct Login {
+    /// The second factor, checked before the unit of work, when one was given.
+    second_factor: Option<Result<SecondFactor, IdentityError>>,
     tenant_id: TenantId,
     user_id: UserId,
     /// The stored hash the password was checked against, if it matched.
@@ -679,6 +725,15 @@ pub struct Login {
     refresh_hash: SecretHash,
     expires_at: DateTime<Utc>,
     now: DateTime<Utc>,
+}
+
+/// A checked second factor.
+#[derive(Debug, Clone, Copy)]
+pub enum SecondFactor {
+    /// A TOTP code, valid for this step.
+    Totp(u64),
+    /// A recovery code, by its hash.
+    Recovery(SecretHash),
 }
 
 /// What a successful login gives.
@@ -741,18 +796,59 @@ impl<L: EventLog> Command<L> for Login {
             .map_err(refused)?;
             return Ok(LoginDecision::Refused(IdentityError::wrong_credentials()));
         }
+        let mut mfa_used = false;
         if state.mfa_status() == MfaStatus::Enabled {
-            return Ok(LoginDecision::Refused(IdentityError::Unauthenticated {
-                reason: "mfa_required",
-                message: "this account needs a TOTP code to log in".into(),
-            }));
+            match &self.second_factor {
+                None => {
+                    return Ok(LoginDecision::Refused(IdentityError::Unauthenticated {
+                        reason: "mfa_required",
+                        message: "this account needs a TOTP code or a recovery code to log in"
+                            .into(),
+                    }));
+                }
+                Some(Err(err)) => {
+                    work.handle(
+                        &mut user,
+                        UserCommand::RecordFailedLogin { now: self.now },
+                        &(),
+                    )
+                    .await
+                    .map_err(refused)?;
+                    return Ok(LoginDecision::Refused(err.clone()));
+                }
+                Some(Ok(SecondFactor::Totp(step))) => {
+                    work.handle(
+                        &mut user,
+                        UserCommand::UseTotp {
+                            step: *step,
+                            now: self.now,
+                        },
+                        &(),
+                    )
+                    .await
+                    .map_err(refused)?;
+                }
+                Some(Ok(SecondFactor::Recovery(code))) => {
+                    work.handle(
+                        &mut user,
+                        UserCommand::UseRecoveryCode {
+                            code: *code,
+                            now: self.now,
+                        },
+                        &(),
+                    )
+                    .await
+                    .map_err(refused)?;
+                }
+            }
+            mfa_used = true;
         }
         let mut session = work.load::<Session>(&self.session_id.to_string()).await?;
         work.handle(
             &mut user,
             UserCommand::RecordSuccessfulLogin {
                 session_id: self.session_id,
-                mfa_used: false,
+                mfa_used,
                 now: self.now,
             },
             &(),
@@ -767,7 +863,7 @@ impl<L: EventLog> Command<L> for Login {
                 tenant_id: self.tenant_id,
                 refresh: self.refresh_hash,
                 expires_at: self.expires_at,
-                mfa: false,
+                mfa: mfa_used,
                 now: self.now,
             },
             &(),

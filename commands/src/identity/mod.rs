@@ -7,6 +7,7 @@
 //! Expensive or random preparation (Argon2id hashing, sealing, tokens) happens once, before
 //! the unit of work, so a retry after a concurrent change repeats only the decision.
 
+mod account;
 mod flows;
 
 use std::sync::Arc;
@@ -16,9 +17,10 @@ use domain::identity::rbac::Permission;
 use domain::{Refusal, RefusalKind};
 
 use crate::bus::CommandError;
-use crate::privacy::{BlindIndexKey, MasterKey, PrivacyError};
+use crate::privacy::{BlindIndexKey, DataKey, MasterKey, PrivacyError};
 use crate::security::password::PasswordHasher;
 
+pub use account::{ApiKeyCreated, TotpEnrollment};
 pub use flows::{
     CreateTenant, Login, LoginOutcome, Refresh, Refreshed, Register, Registered, RenameTenant,
     TenantCreated,
@@ -65,6 +67,7 @@ pub struct Identity<L, K> {
     pub(crate) keys: K,
     pub(crate) hasher: Arc<dyn PasswordHasher>,
     pub(crate) blind_index: BlindIndexKey,
+    pub(crate) secrets: DataKey,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) lifetimes: Lifetimes,
 }
@@ -83,6 +86,7 @@ impl<L, K> Identity<L, K> {
             keys,
             hasher,
             blind_index: master.blind_index_key(),
+            secrets: master.secrets_key(),
             clock,
             lifetimes: Lifetimes::default(),
         }
