@@ -743,3 +743,159 @@ async fn a_user_logs_out_one_session_or_revokes_them_all() {
         .unwrap();
     assert_eq!(count(&db, "AllSessionsRevoked").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invited_person_accepts_and_holds_exactly_the_roles_they_were_given() {
+    let db = TestDb::new().await;
+    let f = fixture(&db);
+    let (tenant, owner) = new_tenant(&f).await;
+    let (invited, _) = f
+        .identity
+        .invite(&as_user(&owner), &tenant, "linus@example.org", &["admin"])
+        .await
+        .unwrap();
+    let user = invited.user_id.to_string();
+    // The address is taken from the moment of the invitation.
+    match f
+        .identity
+        .register(
+            &anonymous(),
+            &tenant,
+            "linus@example.org",
+            "Impostor",
+            "a long and unusual passphrase",
+        )
+        .await
+    {
+        Err(IdentityError::Refused {
+            reason: "email_taken",
+            ..
+        }) => {}
+        other => panic!("expected email_taken, got {other:?}"),
+    }
+    match f
+        .identity
+        .accept_invitation(
+            &anonymous(),
+            &user,
+            "not-the-token",
+            "Linus",
+            "a long and unusual passphrase",
+        )
+        .await
+    {
+        Err(IdentityError::Unauthenticated { .. }) => {}
+        other => panic!("a wrong token was accepted: {other:?}"),
+    }
+    f.identity
+        .accept_invitation(
+            &anonymous(),
+            &user,
+            &invited.invitation_token,
+            "Linus",
+            "a long and unusual passphrase",
+        )
+        .await
+        .unwrap();
+    f.identity
+        .login(
+            &anonymous(),
+            &tenant,
+            "linus@example.org",
+            "a long and unusual passphrase",
+        )
+        .await
+        .unwrap();
+    // An admin may rename the tenant, but cannot make anyone an owner or close the tenant.
+    let admin = as_user(&invited.user_id);
+    f.identity
+        .rename_tenant(&admin, &tenant, "Acme by Linus")
+        .await
+        .unwrap();
+    match f
+        .identity
+        .assign_role(&admin, &tenant, &format!("user:{user}"), "owner")
+        .await
+    {
+        Err(IdentityError::Refused {
+            reason: "escalation",
+            ..
+        }) => {}
+        other => panic!("an admin granted the owner role: {other:?}"),
+    }
+    match f.identity.close_tenant(&admin, &tenant, "because").await {
+        Err(IdentityError::Forbidden(permission)) => {
+            assert_eq!(permission.as_str(), "tenants:close")
+        }
+        other => panic!("an admin closed the tenant: {other:?}"),
+    }
+    // The only owner cannot be demoted, even by themself.
+    match f
+        .identity
+        .unassign_role(&as_user(&owner), &tenant, &format!("user:{owner}"), "owner")
+        .await
+    {
+        Err(IdentityError::Refused {
+            reason: "last_owner",
+            ..
+        }) => {}
+        other => panic!("the last owner was demoted: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_tenant_takes_no_registrations_until_it_is_reactivated() {
+    let db = TestDb::new().await;
+    let f = fixture(&db);
+    let (tenant, owner) = new_tenant(&f).await;
+    f.identity
+        .suspend_tenant(&as_user(&owner), &tenant, "unpaid invoices")
+        .await
+        .unwrap();
+    match f
+        .identity
+        .register(
+            &anonymous(),
+            &tenant,
+            "grace@example.org",
+            "Grace",
+            "a long and unusual passphrase",
+        )
+        .await
+    {
+        Err(IdentityError::Refused {
+            reason: "tenant_inactive",
+            ..
+        }) => {}
+        other => panic!("a suspended tenant took a registration: {other:?}"),
+    }
+    f.identity
+        .reactivate_tenant(&as_user(&owner), &tenant)
+        .await
+        .unwrap();
+    f.identity
+        .register(
+            &anonymous(),
+            &tenant,
+            "grace@example.org",
+            "Grace",
+            "a long and unusual passphrase",
+        )
+        .await
+        .unwrap();
+    f.identity
+        .close_tenant(&as_user(&owner), &tenant, "moving on")
+        .await
+        .unwrap();
+    match f
+        .identity
+        .rename_tenant(&as_user(&owner), &tenant, "Zombie")
+        .await
+    {
+        Err(IdentityError::Refused {
+            reason: "closed", ..
+        }) => {}
+        other => panic!("a closed tenant was renamed: {other:?}"),
+    }
+    assert_eq!(count(&db, "TenantClosed").await, 1);
+}

@@ -23,7 +23,7 @@ use crate::security::api_key::ApiKeySecret;
 use crate::security::{recovery, totp};
 
 /// One command for one aggregate, after the checks the caller made.
-struct Act<A: Aggregate> {
+pub(crate) struct Act<A: Aggregate> {
     id: String,
     command: A::Command,
 }
@@ -47,6 +47,11 @@ where
             .await
             .map_err(refused)
     }
+}
+
+/// One command for one aggregate, as a [`Command`].
+pub(crate) fn act<A: Aggregate>(id: String, command: A::Command) -> Act<A> {
+    Act { id, command }
 }
 
 /// A TOTP enrollment to show the user once: the secret for an authenticator app.

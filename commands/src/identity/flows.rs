@@ -92,6 +92,24 @@ fn token() -> Result<(String, SecretHash), IdentityError> {
     Ok((token, hash))
 }
 
+/// A fresh token and its hash.
+pub(crate) fn new_token() -> Result<(String, SecretHash), IdentityError> {
+    token()
+}
+
+/// The stored form of a token (for other modules).
+pub(crate) fn hash_token_pub(token: &str) -> SecretHash {
+    hash_token(token)
+}
+
+/// Hashes a password on a blocking thread (for other modules).
+pub(crate) async fn hash_password_pub(
+    hasher: &std::sync::Arc<dyn PasswordHasher>,
+    password: &str,
+) -> Result<PasswordHash, IdentityError> {
+    hash_password(hasher, password).await
+}
+
 /// The stored form of a token: SHA-256 of its text.
 pub fn hash_token(token: &str) -> SecretHash {
     SecretHash::from_bytes(Sha256::digest(token.trim().as_bytes()).into())
@@ -407,34 +425,6 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
             },
             committed.map(|c| c.last_position),
         ))
-    }
-
-    /// Renames a tenant. Needs `tenants:update` in that tenant.
-    pub async fn rename_tenant(
-        &self,
-        metadata: &CommandMetadata,
-        tenant: &str,
-        name: &str,
-    ) -> Result<Option<i64>, IdentityError> {
-        let tenant_id = parse_tenant(tenant)?;
-        let name =
-            TenantName::parse(name).map_err(|err| IdentityError::bad_input("name", err.problem))?;
-        let actor = actor_principal(metadata)?;
-        let subject = match actor {
-            Principal::User(id) => id.as_uuid(),
-            Principal::ServiceAccount(id) => id.as_uuid(),
-        };
-        let metadata = &self.sealed(metadata, SubjectId::from_uuid(subject)).await?;
-        let command = RenameTenant {
-            tenant_id,
-            actor,
-            name,
-            now: self.clock.now(),
-        };
-        let ((), committed) = bus::run(&self.log, metadata, &command)
-            .await
-            .map_err(IdentityError::from)?;
-        Ok(committed.map(|c| c.last_position))
     }
 }
 
@@ -913,34 +903,5 @@ impl<L: EventLog> Command<L> for Refresh {
             .await
             .map_err(refused)?;
         Ok(reuse_detected(&events))
-    }
-}
-
-/// Renames a tenant, if the actor may.
-pub struct RenameTenant {
-    tenant_id: TenantId,
-    actor: Principal,
-    name: TenantName,
-    now: DateTime<Utc>,
-}
-
-impl<L: EventLog> Command<L> for RenameTenant {
-    type Output = ();
-    type Error = Refused;
-
-    async fn decide(&self, work: &mut UnitOfWork<'_, L>) -> Result<(), CommandError<Refused>> {
-        let mut tenant = work.load::<Tenant>(&self.tenant_id.to_string()).await?;
-        authorize(tenant.state(), &self.actor, Permission::TenantsUpdate)?;
-        work.handle(
-            &mut tenant,
-            TenantCommand::Rename {
-                name: self.name.clone(),
-                now: self.now,
-            },
-            &(),
-        )
-        .await
-        .map_err(refused)?;
-        Ok(())
     }
 }

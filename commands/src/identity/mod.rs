@@ -9,6 +9,7 @@
 
 mod account;
 mod flows;
+mod membership;
 
 use std::sync::Arc;
 
@@ -22,9 +23,9 @@ use crate::security::password::PasswordHasher;
 
 pub use account::{ApiKeyCreated, TotpEnrollment};
 pub use flows::{
-    CreateTenant, Login, LoginOutcome, Refresh, Refreshed, Register, Registered, RenameTenant,
-    TenantCreated,
+    CreateTenant, Login, LoginOutcome, Refresh, Refreshed, Register, Registered, TenantCreated,
 };
+pub use membership::Invited;
 
 /// Where the time comes from: the system clock in production, a fixed one in tests.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -49,6 +50,8 @@ pub struct Lifetimes {
     pub session: Duration,
     /// An email verification token.
     pub email_verification: Duration,
+    /// An invitation.
+    pub invitation: Duration,
 }
 
 impl Default for Lifetimes {
@@ -56,6 +59,7 @@ impl Default for Lifetimes {
         Self {
             session: Duration::days(30),
             email_verification: Duration::hours(48),
+            invitation: Duration::days(7),
         }
     }
 }

@@ -1,0 +1,445 @@
+//! Administering a tenant: its lifecycle, its roles and who holds them, invitations, and
+//! deactivating users. Every operation here needs a permission in the tenant, and no
+//! operation grants more than the actor holds.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use domain::RefusalKind;
+use domain::identity::email_claim::{EmailClaim, EmailClaimCommand, claim_id};
+use domain::identity::principal::Principal;
+use domain::identity::rbac::{Permission, PermissionSet, RoleName, RoleRef};
+use domain::identity::tenant::{Tenant, TenantCommand};
+use domain::identity::user::{User, UserCommand};
+use domain::identity::values::{Email, PlanRef, TenantId, TenantName, UserId};
+use domain::personal::SubjectId;
+use uuid::Uuid;
+
+use super::flows::{Refused, actor_principal, authorize, hash_token_pub, new_token, refused};
+use super::{Identity, IdentityError};
+use crate::bus::{self, Command, CommandError, EventLog, UnitOfWork};
+use crate::metadata::CommandMetadata;
+use crate::privacy::{self, SubjectKeys};
+
+/// An administrative change of a tenant.
+#[derive(Debug, Clone)]
+enum TenantOp {
+    Rename(TenantName),
+    ChangePlan(PlanRef),
+    Suspend(String),
+    Reactivate,
+    Close(String),
+    Assign(Principal, RoleRef),
+    Unassign(Principal, RoleRef),
+    Define(RoleName, PermissionSet),
+    Remove(Principal),
+}
+
+impl TenantOp {
+    fn permission(&self) -> Permission {
+        match self {
+            Self::Rename(_) => Permission::TenantsUpdate,
+            Self::ChangePlan(_) => Permission::TenantsManagePlan,
+            Self::Suspend(_) | Self::Reactivate => Permission::TenantsSuspend,
+            Self::Close(_) => Permission::TenantsClose,
+            Self::Assign(..) | Self::Unassign(..) => Permission::RolesAssign,
+            Self::Define(..) => Permission::RolesManage,
+            Self::Remove(_) => Permission::UsersDeactivate,
+        }
+    }
+
+    fn command(&self, granted_by: PermissionSet, now: DateTime<Utc>) -> TenantCommand {
+        match self.clone() {
+            Self::Rename(name) => TenantCommand::Rename { name, now },
+            Self::ChangePlan(plan) => TenantCommand::ChangePlan { plan, now },
+            Self::Suspend(reason) => TenantCommand::Suspend { reason, now },
+            Self::Reactivate => TenantCommand::Reactivate { now },
+            Self::Close(reason) => TenantCommand::Close { reason, now },
+            Self::Assign(principal, role) => TenantCommand::AssignRole {
+                principal,
+                role,
+                granted_by,
+                now,
+            },
+            Self::Unassign(principal, role) => TenantCommand::UnassignRole {
+                principal,
+                role,
+                granted_by,
+                now,
+            },
+            Self::Define(name, permissions) => TenantCommand::DefineRole {
+                name,
+                permissions,
+                granted_by,
+                now,
+            },
+            Self::Remove(principal) => TenantCommand::RemoveMember {
+                principal,
+                granted_by,
+                now,
+            },
+        }
+    }
+}
+
+struct TenantAdmin {
+    tenant_id: TenantId,
+    actor: Principal,
+    op: TenantOp,
+    now: DateTime<Utc>,
+}
+
+impl<L: EventLog> Command<L> for TenantAdmin {
+    type Output = ();
+    type Error = Refused;
+
+    async fn decide(&self, work: &mut UnitOfWork<'_, L>) -> Result<(), CommandError<Refused>> {
+        let mut tenant = work.load::<Tenant>(&self.tenant_id.to_string()).await?;
+        authorize(tenant.state(), &self.actor, self.op.permission())?;
+        let granted_by = tenant.state().effective_permissions(&self.actor);
+        work.handle(&mut tenant, self.op.command(granted_by, self.now), &())
+            .await
+            .map_err(refused)?;
+        Ok(())
+    }
+}
+
+fn parse_principal(text: &str) -> Result<Principal, IdentityError> {
+    text.parse()
+        .map_err(|err| IdentityError::bad_input("principal", err))
+}
+
+fn parse_role(text: &str) -> Result<RoleRef, IdentityError> {
+    RoleRef::parse(text).map_err(|err| IdentityError::bad_input("role", err))
+}
+
+/// An invitation to show the invitee once (it is sent by email).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invited {
+    /// The invited user.
+    pub user_id: UserId,
+    /// The token the invitee presents to accept.
+    pub invitation_token: String,
+}
+
+impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
+    async fn tenant_admin(
+        &self,
+        metadata: &CommandMetadata,
+        tenant: &str,
+        op: TenantOp,
+    ) -> Result<Option<i64>, IdentityError> {
+        let tenant_id: TenantId = tenant
+            .parse()
+            .map_err(|err| IdentityError::bad_input("tenantId", err))?;
+        let actor = actor_principal(metadata)?;
+        let metadata = &self.sealed(metadata, subject_of(actor)).await?;
+        let command = TenantAdmin {
+            tenant_id,
+            actor,
+            op,
+            now: self.clock.now(),
+        };
+        let ((), committed) = bus::run(&self.log, metadata, &command)
+            .await
+            .map_err(IdentityError::from)?;
+        Ok(committed.map(|c| c.last_position))
+    }
+
+    /// Renames a tenant. Needs `tenants:update`.
+    pub async fn rename_tenant(
+        &self,
+        metadata: &CommandMetadata,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Option<i64>, IdentityError> {
+        let name =
+            TenantName::parse(name).map_err(|err| IdentityError::bad_input("name", err.problem))?;
+        self.tenant_admin(metadata, tenant, TenantOp::Rename(name))
+            .await
+    }
+
+    /// Changes a tenant's plan. Needs `tenants:manage_plan`.
+    pub async fn change_plan(
+        &self,
+        metadata: &CommandMetadata,
+        tenant: &str,
+        plan: &str,
+    ) -> Result<Option<i64>, IdentityError> {
+        let plan =
+            PlanRef::parse(plan).map_err(|err| IdentityError::bad_input("plan", err.problem))?;
+        self.tenant_admin(metadata, tenant, TenantOp::ChangePlan(plan))
+            .await
+    }
+
+    /// Suspends a tenant. Needs `tenants:suspend`.
+    pub async fn suspend_tenant(
+        &self,
+        metadata: &CommandMetadata,
+        tenant: &str,
+        reason: &str,
+    ) -> Result<Option<i64>, IdentityError> {
+        self.tenant_admin(metadata, tenant, TenantOp::Suspend(reason.to_owned()))
+            .await
+    }
+
+    /// Reactivates a suspended tenant. Needs `tenants:suspend`.
+    pub async fn reactivate_tenant(
+        &self,
+        metadata: &CommandMetadata,
+        tenant: &str,
+    ) -> Result<Option<i64>, IdentityError> {
+        self.tenant_admin(metadata, tenant, TenantOp::Reactivate)
+            .await
+    }
+
+    /// Closes a tenant for good (its events stay). Needs `tenants:close`.
+    pub async fn close_tenant(
+        &self,
+        metadata: &CommandMetadata,
+        tenant: &str,
+        reason: &str,
+    ) -> Result<Option<i64>, IdentityError> {
+        self.tenant_admin(metadata, tenant, TenantOp::Close(reason.to_owned()))
+            .await
+    }
+
+    /// Assigns a role (`owner`, `admin`, ..., or a custom role's name) to a member
+    /// (`user:<id>` or `service_account:<id>`). Needs `roles:assign`, and every permission
+    /// of the role.
+    pub async fn assign_role(
+        &self,
+        metadata: &CommandMetadata,
+        tenant: &str,
+        principal: &str,
+        role: &str,
+    ) -> Result<Option<i64>, IdentityError> {
+        let op = TenantOp::Assign(parse_principal(principal)?, parse_role(role)?);
+        self.tenant_admin(metadata, tenant, op).await
+    }
+
+    /// Takes a role from a member. Needs `roles:assign`; the last owner keeps theirs.
+    pub async fn unassign_role(
+        &self,
+        metadata: &CommandMetadata,
+        tenant: &str,
+        principal: &str,
+        role: &str,
+    ) -> Result<Option<i64>, IdentityError> {
+        let op = TenantOp::Unassign(parse_principal(principal)?, parse_role(role)?);
+        self.tenant_admin(metadata, tenant, op).await
+    }
+
+    /// Defines a custom role. Needs `roles:manage`, and every permission it grants.
+    pub async fn define_role(
+        &self,
+        metadata: &CommandMetadata,
+        tenant: &str,
+        name: &str,
+        permissions: &[&str],
+    ) -> Result<Option<i64>, IdentityError> {
+        let name = RoleName::parse(name).map_err(|err| IdentityError::bad_input("name", err))?;
+        let permissions = permissions
+            .iter()
+            .map(|p| p.parse::<Permission>())
+            .collect::<Result<PermissionSet, _>>()
+            .map_err(|err| IdentityError::bad_input("permissions", err))?;
+        self.tenant_admin(metadata, tenant, TenantOp::Define(name, permissions))
+            .await
+    }
+
+    /// Removes a member from a tenant. Needs `users:deactivate`; the last owner stays.
+    pub async fn remove_member(
+        &self,
+        metadata: &CommandMetadata,
+        tenant: &str,
+        principal: &str,
+    ) -> Result<Option<i64>, IdentityError> {
+        let op = TenantOp::Remove(parse_principal(principal)?);
+        self.tenant_admin(metadata, tenant, op).await
+    }
+
+    /// Invites a person into a tenant with roles. Needs `users:invite` and every permission
+    /// of the roles. The address is claimed at once, so it cannot be registered twice.
+    pub async fn invite(
+        &self,
+        metadata: &CommandMetadata,
+        tenant: &str,
+        email: &str,
+        roles: &[&str],
+    ) -> Result<(Invited, Option<i64>), IdentityError> {
+        let tenant_id: TenantId = tenant
+            .parse()
+            .map_err(|err| IdentityError::bad_input("tenantId", err))?;
+        let email =
+            Email::parse(email).map_err(|err| IdentityError::bad_input("email", err.problem))?;
+        let roles = roles
+            .iter()
+            .map(|r| parse_role(r))
+            .collect::<Result<BTreeSet<_>, _>>()?;
+        let actor = actor_principal(metadata)?;
+        let Principal::User(invited_by) = actor else {
+            return Err(IdentityError::Refused {
+                kind: RefusalKind::Forbidden,
+                reason: "users_only",
+                message: "invitations are sent by users".into(),
+            });
+        };
+        let user_id = UserId::from_uuid(Uuid::now_v7());
+        let subject = SubjectId::from_uuid(user_id.as_uuid());
+        let key = self.keys.key_for(subject).await?;
+        let sealed_email = privacy::seal(&key, subject, "email", email.as_str())?;
+        let index = self.blind_index.email(tenant_id, &email);
+        let (token, token_hash) = new_token()?;
+        let metadata = &self.sealed(metadata, subject_of(actor)).await?;
+        let now = self.clock.now();
+        let command = Invite {
+            tenant_id,
+            actor,
+            invited_by,
+            user_id,
+            email: sealed_email,
+            index,
+            roles,
+            token_hash,
+            expires_at: now + self.lifetimes.invitation,
+            now,
+        };
+        let ((), committed) = bus::run(&self.log, metadata, &command)
+            .await
+            .map_err(IdentityError::from)?;
+        Ok((
+            Invited {
+                user_id,
+                invitation_token: token,
+            },
+            committed.map(|c| c.last_position),
+        ))
+    }
+
+    /// Accepts an invitation with its token, setting the invitee's name and password.
+    pub async fn accept_invitation(
+        &self,
+        metadata: &CommandMetadata,
+        user: &str,
+        token: &str,
+        name: &str,
+        password: &str,
+    ) -> Result<Option<i64>, IdentityError> {
+        let user_id: UserId = user
+            .parse()
+            .map_err(|err| IdentityError::bad_input("userId", err))?;
+        let name = domain::identity::values::PersonName::parse(name)
+            .map_err(|err| IdentityError::bad_input("name", err.problem))?;
+        if password.chars().count() < crate::security::password::MIN_LENGTH {
+            return Err(IdentityError::bad_input(
+                "password",
+                format!(
+                    "the password has {} characters; it needs at least {}",
+                    password.chars().count(),
+                    crate::security::password::MIN_LENGTH
+                ),
+            ));
+        }
+        if crate::security::password::is_common(password) {
+            return Err(IdentityError::bad_input(
+                "password",
+                "the password is on the list of common passwords",
+            ));
+        }
+        let subject = SubjectId::from_uuid(user_id.as_uuid());
+        let key = self.keys.key_for(subject).await?;
+        let sealed_name = privacy::seal(&key, subject, "name", name.as_str())?;
+        let password = super::flows::hash_password_pub(&self.hasher, password).await?;
+        let metadata = &self.sealed(metadata, subject).await?;
+        let command = super::account::act::<User>(
+            user_id.to_string(),
+            UserCommand::AcceptInvitation {
+                invitation: hash_token_pub(token),
+                name: sealed_name,
+                password,
+                now: self.clock.now(),
+            },
+        );
+        let (_, committed) = bus::run(&self.log, metadata, &command)
+            .await
+            .map_err(IdentityError::from)?;
+        Ok(committed.map(|c| c.last_position))
+    }
+}
+
+fn subject_of(principal: Principal) -> SubjectId {
+    match principal {
+        Principal::User(id) => SubjectId::from_uuid(id.as_uuid()),
+        Principal::ServiceAccount(id) => SubjectId::from_uuid(id.as_uuid()),
+    }
+}
+
+struct Invite {
+    tenant_id: TenantId,
+    actor: Principal,
+    invited_by: UserId,
+    user_id: UserId,
+    email: domain::personal::PersonalData,
+    index: domain::identity::values::EmailIndex,
+    roles: BTreeSet<RoleRef>,
+    token_hash: domain::identity::credentials::SecretHash,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+}
+
+impl<L: EventLog> Command<L> for Invite {
+    type Output = ();
+    type Error = Refused;
+
+    async fn decide(&self, work: &mut UnitOfWork<'_, L>) -> Result<(), CommandError<Refused>> {
+        let mut tenant = work.load::<Tenant>(&self.tenant_id.to_string()).await?;
+        authorize(tenant.state(), &self.actor, Permission::UsersInvite)?;
+        let granted_by = tenant.state().effective_permissions(&self.actor);
+        let mut claim = work
+            .load::<EmailClaim>(&claim_id(self.tenant_id, &self.index))
+            .await?;
+        let mut user = work.load::<User>(&self.user_id.to_string()).await?;
+        work.handle(
+            &mut claim,
+            EmailClaimCommand::Claim {
+                tenant_id: self.tenant_id,
+                index: self.index.clone(),
+                user_id: self.user_id,
+                now: self.now,
+            },
+            &(),
+        )
+        .await
+        .map_err(refused)?;
+        work.handle(
+            &mut user,
+            UserCommand::Invite {
+                user_id: self.user_id,
+                tenant_id: self.tenant_id,
+                email: self.email.clone(),
+                email_index: self.index.clone(),
+                invited_by: self.invited_by,
+                invitation: self.token_hash,
+                expires_at: self.expires_at,
+                now: self.now,
+            },
+            &(),
+        )
+        .await
+        .map_err(refused)?;
+        work.handle(
+            &mut tenant,
+            TenantCommand::AddMember {
+                principal: Principal::User(self.user_id),
+                roles: self.roles.clone(),
+                granted_by,
+                now: self.now,
+            },
+            &(),
+        )
+        .await
+        .map_err(refused)?;
+        Ok(())
+    }
+}
