@@ -899,3 +899,150 @@ async fn a_suspended_tenant_takes_no_registrations_until_it_is_reactivated() {
     }
     assert_eq!(count(&db, "TenantClosed").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_password_ends_every_earlier_session() {
+    let db = TestDb::new().await;
+    let f = fixture(&db);
+    let (tenant, owner) = new_tenant(&f).await;
+    let (login, _) = f
+        .identity
+        .login(&anonymous(), &tenant, "ada@example.org", OWNER_PASSWORD)
+        .await
+        .unwrap();
+    match f
+        .identity
+        .change_password(
+            &as_user(&owner),
+            "not the password at all",
+            "an entirely new passphrase",
+        )
+        .await
+    {
+        Err(IdentityError::Unauthenticated {
+            reason: "invalid_credentials",
+            ..
+        }) => {}
+        other => panic!("a wrong current password was accepted: {other:?}"),
+    }
+    match f
+        .identity
+        .change_password(&as_user(&owner), OWNER_PASSWORD, "ada@example.org")
+        .await
+    {
+        Err(IdentityError::BadInput {
+            field: "newPassword",
+            ..
+        }) => {}
+        other => panic!("the email was accepted as a password: {other:?}"),
+    }
+    f.clock.advance(Duration::seconds(1));
+    f.identity
+        .change_password(
+            &as_user(&owner),
+            OWNER_PASSWORD,
+            "an entirely new passphrase",
+        )
+        .await
+        .unwrap();
+    match f
+        .identity
+        .refresh(
+            &anonymous(),
+            &login.session_id.to_string(),
+            &login.refresh_token,
+        )
+        .await
+    {
+        Err(IdentityError::Unauthenticated {
+            reason: "session_ended",
+            ..
+        }) => {}
+        other => panic!("a session survived the password change: {other:?}"),
+    }
+    assert_eq!(count(&db, "SessionRevoked").await, 1);
+    assert!(
+        f.identity
+            .login(&anonymous(), &tenant, "ada@example.org", OWNER_PASSWORD)
+            .await
+            .is_err()
+    );
+    f.identity
+        .login(
+            &anonymous(),
+            &tenant,
+            "ada@example.org",
+            "an entirely new passphrase",
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_is_verified_with_its_token_and_a_deactivated_user_cannot_log_in() {
+    let db = TestDb::new().await;
+    let f = fixture(&db);
+    let (tenant, owner) = new_tenant(&f).await;
+    let (registered, _) = f
+        .identity
+        .register(
+            &anonymous(),
+            &tenant,
+            "grace@example.org",
+            "Grace Hopper",
+            "a long and unusual passphrase",
+        )
+        .await
+        .unwrap();
+    let Outcome::Done(grace) = registered else {
+        panic!("replayed")
+    };
+    let user = grace.user_id.to_string();
+    assert!(
+        f.identity
+            .verify_email(&anonymous(), &user, "wrong-token")
+            .await
+            .is_err()
+    );
+    f.identity
+        .verify_email(
+            &anonymous(),
+            &user,
+            grace.verification_token.as_deref().unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(count(&db, "EmailVerified").await, 1);
+
+    match f
+        .identity
+        .deactivate_user(&as_user(&owner), &tenant, &owner)
+        .await
+    {
+        Err(IdentityError::Refused {
+            reason: "last_owner",
+            ..
+        }) => {}
+        other => panic!("the last owner was deactivated: {other:?}"),
+    }
+    f.identity
+        .deactivate_user(&as_user(&owner), &tenant, &user)
+        .await
+        .unwrap();
+    match f
+        .identity
+        .login(
+            &anonymous(),
+            &tenant,
+            "grace@example.org",
+            "a long and unusual passphrase",
+        )
+        .await
+    {
+        Err(IdentityError::Unauthenticated {
+            reason: "invalid_credentials",
+            ..
+        }) => {}
+        other => panic!("a deactivated user logged in: {other:?}"),
+    }
+}

@@ -8,7 +8,7 @@ use domain::identity::credentials::{PasswordHash, SecretHash};
 use domain::identity::email_claim::{EmailClaim, EmailClaimCommand, claim_id};
 use domain::identity::principal::Principal;
 use domain::identity::rbac::Permission;
-use domain::identity::session::{Session, SessionCommand, reuse_detected};
+use domain::identity::session::{RevokeReason, Session, SessionCommand, reuse_detected};
 use domain::identity::tenant::{Tenant, TenantCommand, TenantStatus};
 use domain::identity::user::{MfaStatus, User, UserCommand, UserStatus};
 use domain::identity::values::{
@@ -108,6 +108,15 @@ pub(crate) async fn hash_password_pub(
     password: &str,
 ) -> Result<PasswordHash, IdentityError> {
     hash_password(hasher, password).await
+}
+
+/// Checks a password on a blocking thread (for other modules).
+pub(crate) async fn verify_password_pub(
+    hasher: &std::sync::Arc<dyn PasswordHasher>,
+    password: &str,
+    hash: &PasswordHash,
+) -> Result<bool, IdentityError> {
+    verify_password(hasher, password, hash).await
 }
 
 /// The stored form of a token: SHA-256 of its text.
@@ -389,12 +398,11 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
             .parse()
             .map_err(|err| IdentityError::bad_input("sessionId", err))?;
         let reader = UnitOfWork::new(&self.log, metadata);
-        let holder = reader
+        let session = reader
             .load::<Session>(&session_id.to_string())
             .await
-            .map_err(|err| IdentityError::Infrastructure(err.to_string()))?
-            .state()
-            .user();
+            .map_err(|err| IdentityError::Infrastructure(err.to_string()))?;
+        let holder = session.state().user();
         let metadata = &match holder {
             Some(user) => {
                 self.sealed(metadata, SubjectId::from_uuid(user.as_uuid()))
@@ -402,6 +410,35 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
             }
             None => metadata.clone(),
         };
+        // A password change or "revoke all sessions" ends every session opened before it.
+        if let Some(user) = holder {
+            let valid_after = reader
+                .load::<User>(&user.to_string())
+                .await
+                .map_err(|err| IdentityError::Infrastructure(err.to_string()))?
+                .state()
+                .sessions_valid_after();
+            if let (Some(valid_after), Some(opened_at)) = (valid_after, session.state().opened_at())
+                && opened_at <= valid_after
+                && !session.state().is_ended()
+            {
+                let revoke = super::account::act::<Session>(
+                    session_id.to_string(),
+                    SessionCommand::Revoke {
+                        reason: RevokeReason::AllSessionsRevoked,
+                        now: self.clock.now(),
+                    },
+                );
+                bus::run(&self.log, metadata, &revoke)
+                    .await
+                    .map_err(IdentityError::from)?;
+                return Err(IdentityError::Unauthenticated {
+                    reason: "session_ended",
+                    message: "this session was ended by a password change or a sign-out everywhere"
+                        .into(),
+                });
+            }
+        }
         let (next, next_hash) = token()?;
         let command = Refresh {
             session_id,

@@ -443,3 +443,165 @@ impl<L: EventLog> Command<L> for Invite {
         Ok(())
     }
 }
+
+impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
+    /// Changes the signed-in user's password, after checking the current one. Every
+    /// session opened before the change stops working.
+    pub async fn change_password(
+        &self,
+        metadata: &CommandMetadata,
+        current: &str,
+        new: &str,
+    ) -> Result<Option<i64>, IdentityError> {
+        let user_id = match actor_principal(metadata)? {
+            Principal::User(user) => user,
+            Principal::ServiceAccount(_) => {
+                return Err(IdentityError::Refused {
+                    kind: RefusalKind::Forbidden,
+                    reason: "users_only",
+                    message: "only a signed-in user changes their password".into(),
+                });
+            }
+        };
+        let reader = UnitOfWork::new(&self.log, metadata);
+        let user = reader
+            .load::<User>(&user_id.to_string())
+            .await
+            .map_err(|err| IdentityError::Infrastructure(err.to_string()))?;
+        let Some(stored) = user.state().password_hash() else {
+            return Err(IdentityError::wrong_credentials());
+        };
+        if !super::flows::verify_password_pub(&self.hasher, current, stored).await? {
+            return Err(IdentityError::Unauthenticated {
+                reason: "invalid_credentials",
+                message: "the current password is wrong".into(),
+            });
+        }
+        let subject = SubjectId::from_uuid(user_id.as_uuid());
+        let email = match (user.state().email(), self.keys.find(subject).await?) {
+            (Some(sealed), Some(key)) => match privacy::open(Some(&key), sealed, "email")? {
+                privacy::Opened::Plain(email) => email,
+                privacy::Opened::Forgotten => String::new(),
+            },
+            _ => String::new(),
+        };
+        crate::security::password::check_policy(new, &email)
+            .map_err(|err| IdentityError::bad_input("newPassword", err))?;
+        let password = super::flows::hash_password_pub(&self.hasher, new).await?;
+        let metadata = &self.sealed(metadata, subject).await?;
+        let command = super::account::act::<User>(
+            user_id.to_string(),
+            UserCommand::ChangePassword {
+                password,
+                now: self.clock.now(),
+            },
+        );
+        let (_, committed) = bus::run(&self.log, metadata, &command)
+            .await
+            .map_err(IdentityError::from)?;
+        Ok(committed.map(|c| c.last_position))
+    }
+
+    /// Verifies a user's email address with the token sent to it.
+    pub async fn verify_email(
+        &self,
+        metadata: &CommandMetadata,
+        user: &str,
+        token: &str,
+    ) -> Result<Option<i64>, IdentityError> {
+        let user_id: UserId = user
+            .parse()
+            .map_err(|err| IdentityError::bad_input("userId", err))?;
+        let metadata = &self
+            .sealed(metadata, SubjectId::from_uuid(user_id.as_uuid()))
+            .await?;
+        let command = super::account::act::<User>(
+            user_id.to_string(),
+            UserCommand::VerifyEmail {
+                token: hash_token_pub(token),
+                now: self.clock.now(),
+            },
+        );
+        let (_, committed) = bus::run(&self.log, metadata, &command)
+            .await
+            .map_err(IdentityError::from)?;
+        Ok(committed.map(|c| c.last_position))
+    }
+
+    /// Deactivates a user of a tenant. Needs `users:deactivate` and every permission the
+    /// user holds; the tenant's last user owner cannot be deactivated.
+    pub async fn deactivate_user(
+        &self,
+        metadata: &CommandMetadata,
+        tenant: &str,
+        user: &str,
+    ) -> Result<Option<i64>, IdentityError> {
+        let tenant_id: TenantId = tenant
+            .parse()
+            .map_err(|err| IdentityError::bad_input("tenantId", err))?;
+        let user_id: UserId = user
+            .parse()
+            .map_err(|err| IdentityError::bad_input("userId", err))?;
+        let actor = actor_principal(metadata)?;
+        let metadata = &self
+            .sealed(metadata, SubjectId::from_uuid(user_id.as_uuid()))
+            .await?;
+        let command = Deactivate {
+            tenant_id,
+            actor,
+            user_id,
+            now: self.clock.now(),
+        };
+        let ((), committed) = bus::run(&self.log, metadata, &command)
+            .await
+            .map_err(IdentityError::from)?;
+        Ok(committed.map(|c| c.last_position))
+    }
+}
+
+struct Deactivate {
+    tenant_id: TenantId,
+    actor: Principal,
+    user_id: UserId,
+    now: DateTime<Utc>,
+}
+
+impl<L: EventLog> Command<L> for Deactivate {
+    type Output = ();
+    type Error = Refused;
+
+    async fn decide(&self, work: &mut UnitOfWork<'_, L>) -> Result<(), CommandError<Refused>> {
+        let tenant = work.load::<Tenant>(&self.tenant_id.to_string()).await?;
+        authorize(tenant.state(), &self.actor, Permission::UsersDeactivate)?;
+        let mut user = work.load::<User>(&self.user_id.to_string()).await?;
+        if user.state().tenant() != Some(self.tenant_id) {
+            return Err(CommandError::Refused(Refused::new(
+                RefusalKind::NotFound,
+                "user_not_found",
+                "no such user in this tenant",
+            )));
+        }
+        let target = Principal::User(self.user_id);
+        let held = tenant.state().effective_permissions(&target);
+        let granted_by = tenant.state().effective_permissions(&self.actor);
+        if !held.is_subset_of(granted_by) {
+            return Err(CommandError::Refused(Refused::new(
+                RefusalKind::Forbidden,
+                "escalation",
+                "this user holds permissions you do not hold",
+            )));
+        }
+        let owners = tenant.state().owners();
+        if owners.contains(&self.user_id) && owners.len() == 1 {
+            return Err(CommandError::Refused(Refused::new(
+                RefusalKind::Conflict,
+                "last_owner",
+                "the tenant's last owner cannot be deactivated; make someone else an owner first",
+            )));
+        }
+        work.handle(&mut user, UserCommand::Deactivate { now: self.now }, &())
+            .await
+            .map_err(refused)?;
+        Ok(())
+    }
+}

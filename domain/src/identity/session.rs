@@ -335,6 +335,7 @@ pub struct Session {
     session_id: Option<SessionId>,
     user_id: Option<UserId>,
     tenant_id: Option<TenantId>,
+    opened_at: Option<DateTime<Utc>>,
     expires_at: Option<DateTime<Utc>>,
     mfa: bool,
     generation: u64,
@@ -352,6 +353,11 @@ impl Session {
     /// The tenant signed in to, once opened.
     pub fn tenant(&self) -> Option<TenantId> {
         self.tenant_id
+    }
+
+    /// When the session was opened.
+    pub fn opened_at(&self) -> Option<DateTime<Utc>> {
+        self.opened_at
     }
 
     /// Whether the session was opened, has not ended, and `now` is before its expiry.
@@ -519,9 +525,10 @@ impl Aggregate for Session {
                 refresh,
                 expires_at,
                 mfa,
-                opened_at: _,
+                opened_at,
             } => {
                 self.session_id = Some(session_id);
+                self.opened_at = Some(opened_at);
                 self.user_id = Some(user_id);
                 self.tenant_id = Some(tenant_id);
                 self.expires_at = Some(expires_at);
