@@ -14,7 +14,7 @@ use domain::identity::values::{ApiKeyId, SessionId, TenantId, UserId};
 use domain::personal::SubjectId;
 use uuid::Uuid;
 
-use super::flows::{Refused, actor_principal, authorize, refused};
+use super::flows::{Refused, actor_principal, authorize, refused, subject_of};
 use super::{Identity, IdentityError};
 use crate::bus::{self, Command, CommandError, EventLog, UnitOfWork};
 use crate::metadata::CommandMetadata;
@@ -23,7 +23,7 @@ use crate::security::api_key::ApiKeySecret;
 use crate::security::{recovery, totp};
 
 /// One command for one aggregate, after the checks the caller made.
-pub(crate) struct Act<A: Aggregate> {
+struct Act<A: Aggregate> {
     id: String,
     command: A::Command,
 }
@@ -49,11 +49,6 @@ where
     }
 }
 
-/// One command for one aggregate, as a [`Command`].
-pub(crate) fn act<A: Aggregate>(id: String, command: A::Command) -> Act<A> {
-    Act { id, command }
-}
-
 /// A TOTP enrollment to show the user once: the secret for an authenticator app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TotpEnrollment {
@@ -74,7 +69,7 @@ pub struct ApiKeyCreated {
     pub display_prefix: String,
 }
 
-fn signed_in_user(metadata: &CommandMetadata) -> Result<UserId, IdentityError> {
+pub(crate) fn signed_in_user(metadata: &CommandMetadata) -> Result<UserId, IdentityError> {
     match actor_principal(metadata)? {
         Principal::User(user) => Ok(user),
         Principal::ServiceAccount(_) => Err(IdentityError::Refused {
@@ -94,7 +89,7 @@ fn unix_seconds(now: DateTime<Utc>) -> u64 {
 }
 
 impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
-    async fn run_act<A>(
+    pub(crate) async fn run_act<A>(
         &self,
         metadata: &CommandMetadata,
         id: String,
@@ -113,7 +108,7 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         Ok((events, committed.map(|c| c.last_position)))
     }
 
-    async fn load_user(
+    pub(crate) async fn load_user(
         &self,
         metadata: &CommandMetadata,
         user: UserId,
@@ -346,11 +341,7 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         let (secret, hash) = ApiKeySecret::generate()
             .map_err(|_| IdentityError::Infrastructure("the random source failed".into()))?;
         let key_id = ApiKeyId::from_uuid(Uuid::now_v7());
-        let subject = match actor {
-            Principal::User(id) => id.as_uuid(),
-            Principal::ServiceAccount(id) => id.as_uuid(),
-        };
-        let metadata = &self.sealed(metadata, SubjectId::from_uuid(subject)).await?;
+        let metadata = &self.sealed(metadata, subject_of(actor)).await?;
         let command = CreateApiKey {
             tenant_id,
             actor,
@@ -389,11 +380,7 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
             .parse()
             .map_err(|err| IdentityError::bad_input("keyId", err))?;
         let actor = actor_principal(metadata)?;
-        let subject = match actor {
-            Principal::User(id) => id.as_uuid(),
-            Principal::ServiceAccount(id) => id.as_uuid(),
-        };
-        let metadata = &self.sealed(metadata, SubjectId::from_uuid(subject)).await?;
+        let metadata = &self.sealed(metadata, subject_of(actor)).await?;
         let command = RevokeApiKey {
             tenant_id,
             actor,

@@ -83,40 +83,13 @@ fn refusal(
 }
 
 /// A random token for a person or a client to hold (32 bytes, base64url), and its hash.
-fn token() -> Result<(String, SecretHash), IdentityError> {
+pub(crate) fn token() -> Result<(String, SecretHash), IdentityError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)
         .map_err(|_| IdentityError::Infrastructure("the random source failed".into()))?;
     let token = URL_SAFE_NO_PAD.encode(bytes);
     let hash = hash_token(&token);
     Ok((token, hash))
-}
-
-/// A fresh token and its hash.
-pub(crate) fn new_token() -> Result<(String, SecretHash), IdentityError> {
-    token()
-}
-
-/// The stored form of a token (for other modules).
-pub(crate) fn hash_token_pub(token: &str) -> SecretHash {
-    hash_token(token)
-}
-
-/// Hashes a password on a blocking thread (for other modules).
-pub(crate) async fn hash_password_pub(
-    hasher: &std::sync::Arc<dyn PasswordHasher>,
-    password: &str,
-) -> Result<PasswordHash, IdentityError> {
-    hash_password(hasher, password).await
-}
-
-/// Checks a password on a blocking thread (for other modules).
-pub(crate) async fn verify_password_pub(
-    hasher: &std::sync::Arc<dyn PasswordHasher>,
-    password: &str,
-    hash: &PasswordHash,
-) -> Result<bool, IdentityError> {
-    verify_password(hasher, password, hash).await
 }
 
 /// The stored form of a token: SHA-256 of its text.
@@ -130,7 +103,7 @@ fn parse_tenant(text: &str) -> Result<TenantId, IdentityError> {
 }
 
 /// Hashes a password on a blocking thread: Argon2id takes tens of milliseconds of CPU.
-async fn hash_password(
+pub(crate) async fn hash_password(
     hasher: &std::sync::Arc<dyn PasswordHasher>,
     password: &str,
 ) -> Result<PasswordHash, IdentityError> {
@@ -141,7 +114,7 @@ async fn hash_password(
         .map_err(|err| IdentityError::Infrastructure(err.to_string()))
 }
 
-async fn verify_password(
+pub(crate) async fn verify_password(
     hasher: &std::sync::Arc<dyn PasswordHasher>,
     password: &str,
     hash: &PasswordHash,
@@ -422,16 +395,15 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
                 && opened_at <= valid_after
                 && !session.state().is_ended()
             {
-                let revoke = super::account::act::<Session>(
+                self.run_act::<Session>(
+                    metadata,
                     session_id.to_string(),
                     SessionCommand::Revoke {
                         reason: RevokeReason::AllSessionsRevoked,
                         now: self.clock.now(),
                     },
-                );
-                bus::run(&self.log, metadata, &revoke)
-                    .await
-                    .map_err(IdentityError::from)?;
+                )
+                .await?;
                 return Err(IdentityError::Unauthenticated {
                     reason: "session_ended",
                     message: "this session was ended by a password change or a sign-out everywhere"
@@ -462,6 +434,14 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
             },
             committed.map(|c| c.last_position),
         ))
+    }
+}
+
+/// The data subject of a principal: whose key seals the personal data of its requests.
+pub(crate) fn subject_of(principal: Principal) -> SubjectId {
+    match principal {
+        Principal::User(id) => SubjectId::from_uuid(id.as_uuid()),
+        Principal::ServiceAccount(id) => SubjectId::from_uuid(id.as_uuid()),
     }
 }
 

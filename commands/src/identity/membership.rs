@@ -15,7 +15,11 @@ use domain::identity::values::{Email, PlanRef, TenantId, TenantName, UserId};
 use domain::personal::SubjectId;
 use uuid::Uuid;
 
-use super::flows::{Refused, actor_principal, authorize, hash_token_pub, new_token, refused};
+use super::account::signed_in_user;
+use super::flows::{
+    Refused, actor_principal, authorize, hash_password, hash_token, refused, subject_of, token,
+    verify_password,
+};
 use super::{Identity, IdentityError};
 use crate::bus::{self, Command, CommandError, EventLog, UnitOfWork};
 use crate::metadata::CommandMetadata;
@@ -290,7 +294,7 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         let key = self.keys.key_for(subject).await?;
         let sealed_email = privacy::seal(&key, subject, "email", email.as_str())?;
         let index = self.blind_index.email(tenant_id, &email);
-        let (token, token_hash) = new_token()?;
+        let (token, token_hash) = token()?;
         let metadata = &self.sealed(metadata, subject_of(actor)).await?;
         let now = self.clock.now();
         let command = Invite {
@@ -331,47 +335,28 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
             .map_err(|err| IdentityError::bad_input("userId", err))?;
         let name = domain::identity::values::PersonName::parse(name)
             .map_err(|err| IdentityError::bad_input("name", err.problem))?;
-        if password.chars().count() < crate::security::password::MIN_LENGTH {
-            return Err(IdentityError::bad_input(
-                "password",
-                format!(
-                    "the password has {} characters; it needs at least {}",
-                    password.chars().count(),
-                    crate::security::password::MIN_LENGTH
-                ),
-            ));
-        }
-        if crate::security::password::is_common(password) {
-            return Err(IdentityError::bad_input(
-                "password",
-                "the password is on the list of common passwords",
-            ));
-        }
+        let invitee = self.load_user(metadata, user_id).await?;
+        let email = self.email_of(&invitee, user_id).await?;
+        crate::security::password::check_policy(password, &email)
+            .map_err(|err| IdentityError::bad_input("password", err))?;
         let subject = SubjectId::from_uuid(user_id.as_uuid());
         let key = self.keys.key_for(subject).await?;
         let sealed_name = privacy::seal(&key, subject, "name", name.as_str())?;
-        let password = super::flows::hash_password_pub(&self.hasher, password).await?;
+        let password = hash_password(&self.hasher, password).await?;
         let metadata = &self.sealed(metadata, subject).await?;
-        let command = super::account::act::<User>(
-            user_id.to_string(),
-            UserCommand::AcceptInvitation {
-                invitation: hash_token_pub(token),
-                name: sealed_name,
-                password,
-                now: self.clock.now(),
-            },
-        );
-        let (_, committed) = bus::run(&self.log, metadata, &command)
-            .await
-            .map_err(IdentityError::from)?;
-        Ok(committed.map(|c| c.last_position))
-    }
-}
-
-fn subject_of(principal: Principal) -> SubjectId {
-    match principal {
-        Principal::User(id) => SubjectId::from_uuid(id.as_uuid()),
-        Principal::ServiceAccount(id) => SubjectId::from_uuid(id.as_uuid()),
+        let (_, position) = self
+            .run_act::<User>(
+                metadata,
+                user_id.to_string(),
+                UserCommand::AcceptInvitation {
+                    invitation: hash_token(token),
+                    name: sealed_name,
+                    password,
+                    now: self.clock.now(),
+                },
+            )
+            .await?;
+        Ok(position)
     }
 }
 
@@ -445,6 +430,19 @@ impl<L: EventLog> Command<L> for Invite {
 }
 
 impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
+    /// The user's email address in plaintext, for the password policy; empty if it cannot
+    /// be read any more (the person was forgotten).
+    async fn email_of(&self, user: &User, user_id: UserId) -> Result<String, IdentityError> {
+        let subject = SubjectId::from_uuid(user_id.as_uuid());
+        match (user.email(), self.keys.find(subject).await?) {
+            (Some(sealed), Some(key)) => match privacy::open(Some(&key), sealed, "email")? {
+                privacy::Opened::Plain(email) => Ok(email),
+                privacy::Opened::Forgotten => Ok(String::new()),
+            },
+            _ => Ok(String::new()),
+        }
+    }
+
     /// Changes the signed-in user's password, after checking the current one. Every
     /// session opened before the change stops working.
     pub async fn change_password(
@@ -453,53 +451,34 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         current: &str,
         new: &str,
     ) -> Result<Option<i64>, IdentityError> {
-        let user_id = match actor_principal(metadata)? {
-            Principal::User(user) => user,
-            Principal::ServiceAccount(_) => {
-                return Err(IdentityError::Refused {
-                    kind: RefusalKind::Forbidden,
-                    reason: "users_only",
-                    message: "only a signed-in user changes their password".into(),
-                });
-            }
-        };
-        let reader = UnitOfWork::new(&self.log, metadata);
-        let user = reader
-            .load::<User>(&user_id.to_string())
-            .await
-            .map_err(|err| IdentityError::Infrastructure(err.to_string()))?;
-        let Some(stored) = user.state().password_hash() else {
+        let user_id = signed_in_user(metadata)?;
+        let user = self.load_user(metadata, user_id).await?;
+        let Some(stored) = user.password_hash() else {
             return Err(IdentityError::wrong_credentials());
         };
-        if !super::flows::verify_password_pub(&self.hasher, current, stored).await? {
+        if !verify_password(&self.hasher, current, stored).await? {
             return Err(IdentityError::Unauthenticated {
                 reason: "invalid_credentials",
                 message: "the current password is wrong".into(),
             });
         }
         let subject = SubjectId::from_uuid(user_id.as_uuid());
-        let email = match (user.state().email(), self.keys.find(subject).await?) {
-            (Some(sealed), Some(key)) => match privacy::open(Some(&key), sealed, "email")? {
-                privacy::Opened::Plain(email) => email,
-                privacy::Opened::Forgotten => String::new(),
-            },
-            _ => String::new(),
-        };
+        let email = self.email_of(&user, user_id).await?;
         crate::security::password::check_policy(new, &email)
             .map_err(|err| IdentityError::bad_input("newPassword", err))?;
-        let password = super::flows::hash_password_pub(&self.hasher, new).await?;
+        let password = hash_password(&self.hasher, new).await?;
         let metadata = &self.sealed(metadata, subject).await?;
-        let command = super::account::act::<User>(
-            user_id.to_string(),
-            UserCommand::ChangePassword {
-                password,
-                now: self.clock.now(),
-            },
-        );
-        let (_, committed) = bus::run(&self.log, metadata, &command)
-            .await
-            .map_err(IdentityError::from)?;
-        Ok(committed.map(|c| c.last_position))
+        let (_, position) = self
+            .run_act::<User>(
+                metadata,
+                user_id.to_string(),
+                UserCommand::ChangePassword {
+                    password,
+                    now: self.clock.now(),
+                },
+            )
+            .await?;
+        Ok(position)
     }
 
     /// Verifies a user's email address with the token sent to it.
@@ -515,17 +494,17 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         let metadata = &self
             .sealed(metadata, SubjectId::from_uuid(user_id.as_uuid()))
             .await?;
-        let command = super::account::act::<User>(
-            user_id.to_string(),
-            UserCommand::VerifyEmail {
-                token: hash_token_pub(token),
-                now: self.clock.now(),
-            },
-        );
-        let (_, committed) = bus::run(&self.log, metadata, &command)
-            .await
-            .map_err(IdentityError::from)?;
-        Ok(committed.map(|c| c.last_position))
+        let (_, position) = self
+            .run_act::<User>(
+                metadata,
+                user_id.to_string(),
+                UserCommand::VerifyEmail {
+                    token: hash_token(token),
+                    now: self.clock.now(),
+                },
+            )
+            .await?;
+        Ok(position)
     }
 
     /// Deactivates a user of a tenant. Needs `users:deactivate` and every permission the
