@@ -18,10 +18,10 @@ use tests::TestDb;
 
 /// A clock the test moves by hand.
 #[derive(Debug)]
-struct TestClock(Mutex<DateTime<Utc>>);
+pub(crate) struct TestClock(Mutex<DateTime<Utc>>);
 
 impl TestClock {
-    fn advance(&self, by: Duration) {
+    pub(crate) fn advance(&self, by: Duration) {
         if let Ok(mut now) = self.0.lock() {
             *now += by;
         }
@@ -34,14 +34,14 @@ impl Clock for TestClock {
     }
 }
 
-const OWNER_PASSWORD: &str = "correct horse battery staple";
+pub(crate) const OWNER_PASSWORD: &str = "correct horse battery staple";
 
-struct Fixture {
-    identity: Identity<EventRepository, PgSubjectKeys>,
-    clock: Arc<TestClock>,
+pub(crate) struct Fixture {
+    pub(crate) identity: Identity<EventRepository, PgSubjectKeys>,
+    pub(crate) clock: Arc<TestClock>,
 }
 
-fn fixture(db: &TestDb) -> Fixture {
+pub(crate) fn fixture(db: &TestDb) -> Fixture {
     let store = db.store();
     let master = MasterKey::from_bytes([9; 32]);
     let clock = Arc::new(TestClock(Mutex::new(Utc::now())));
@@ -55,15 +55,15 @@ fn fixture(db: &TestDb) -> Fixture {
     Fixture { identity, clock }
 }
 
-fn anonymous() -> CommandMetadata {
+pub(crate) fn anonymous() -> CommandMetadata {
     CommandMetadata::new("anonymous", ActorKind::Anonymous, None)
 }
 
-fn as_user(id: &impl ToString) -> CommandMetadata {
+pub(crate) fn as_user(id: &impl ToString) -> CommandMetadata {
     CommandMetadata::new(id.to_string(), ActorKind::User, None)
 }
 
-async fn count(db: &TestDb, event_type: &str) -> i64 {
+pub(crate) async fn count(db: &TestDb, event_type: &str) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = $1")
         .bind(event_type)
         .fetch_one(&db.app)
@@ -71,7 +71,7 @@ async fn count(db: &TestDb, event_type: &str) -> i64 {
         .unwrap()
 }
 
-async fn new_tenant(f: &Fixture) -> (String, String) {
+pub(crate) async fn new_tenant(f: &Fixture) -> (String, String) {
     let (outcome, position) = f
         .identity
         .create_tenant(
@@ -1045,4 +1045,203 @@ async fn an_email_is_verified_with_its_token_and_a_deactivated_user_cannot_log_i
         }) => {}
         other => panic!("a deactivated user logged in: {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_email_moves_the_claim_and_is_unverified_until_its_token_comes_back() {
+    let db = TestDb::new().await;
+    let f = fixture(&db);
+    let (tenant, owner) = new_tenant(&f).await;
+    let ada = as_user(&owner);
+    let (registered, _) = f
+        .identity
+        .register(
+            &anonymous(),
+            &tenant,
+            "grace@example.org",
+            "Grace Hopper",
+            "a long and unusual passphrase",
+        )
+        .await
+        .unwrap();
+    let Outcome::Done(grace) = registered else {
+        panic!("replayed")
+    };
+    let grace = as_user(&grace.user_id);
+
+    // Refusals first: none of them writes anything.
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+    let cases: [(&CommandMetadata, &str, &str, &str); 4] = [
+        (
+            &ada,
+            "not my password",
+            "ada@new.example",
+            "invalid_credentials",
+        ),
+        (&ada, OWNER_PASSWORD, "ADA@example.org", "same_email"),
+        (
+            &grace,
+            "a long and unusual passphrase",
+            "Ada@Example.org",
+            "email_taken",
+        ),
+        (&ada, OWNER_PASSWORD, "not an address", "newEmail"),
+    ];
+    for (actor, password, email, expected) in cases {
+        match f.identity.change_email(actor, password, email).await {
+            Err(IdentityError::Unauthenticated { reason, .. })
+            | Err(IdentityError::Refused { reason, .. }) => assert_eq!(reason, expected),
+            Err(IdentityError::BadInput { field, .. }) => assert_eq!(field, expected),
+            other => panic!("expected {expected}, got {other:?}"),
+        }
+    }
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+    assert_eq!(after, before, "a refused email change wrote events");
+
+    let (token, position) = f
+        .identity
+        .change_email(&ada, OWNER_PASSWORD, " Ada.King@Example.org ")
+        .await
+        .unwrap();
+    assert!(position.is_some());
+    assert_eq!(count(&db, "EmailChanged").await, 1);
+    assert_eq!(count(&db, "EmailReleased").await, 1);
+    let log: Vec<String> = sqlx::query_scalar("SELECT payload::text || metadata::text FROM events")
+        .fetch_all(&db.app)
+        .await
+        .unwrap();
+    assert!(
+        !log.iter()
+            .any(|row| row.to_lowercase().contains("ada.king@example.org")),
+        "the new address is in the log"
+    );
+
+    // The old address no longer logs in; the new one does.
+    assert!(
+        f.identity
+            .login(&anonymous(), &tenant, "ada@example.org", OWNER_PASSWORD)
+            .await
+            .is_err()
+    );
+    let (login, _) = f
+        .identity
+        .login(
+            &anonymous(),
+            &tenant,
+            "ada.king@example.org",
+            OWNER_PASSWORD,
+        )
+        .await
+        .unwrap();
+    assert_eq!(login.user_id.to_string(), owner);
+
+    // The old address is free again, and the new one is verified with its token.
+    f.identity
+        .register(
+            &anonymous(),
+            &tenant,
+            "ada@example.org",
+            "Another Ada",
+            "yet another long passphrase",
+        )
+        .await
+        .unwrap();
+    f.identity
+        .verify_email(&anonymous(), &owner, &token)
+        .await
+        .unwrap();
+    assert_eq!(count(&db, "EmailVerified").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_user_becomes_a_member_only_of_their_own_tenant_and_within_the_granters_rights()
+ {
+    let db = TestDb::new().await;
+    let f = fixture(&db);
+    let (tenant, owner) = new_tenant(&f).await;
+    let (other_tenant, _) = new_tenant(&f).await;
+    let register = |tenant: String| {
+        let identity = &f.identity;
+        async move {
+            let (registered, _) = identity
+                .register(
+                    &anonymous(),
+                    &tenant,
+                    "grace@example.org",
+                    "Grace Hopper",
+                    "a long and unusual passphrase",
+                )
+                .await
+                .unwrap();
+            let Outcome::Done(grace) = registered else {
+                panic!("replayed")
+            };
+            format!("user:{}", grace.user_id)
+        }
+    };
+    let grace = register(tenant.clone()).await;
+    let stranger = register(other_tenant.clone()).await;
+    let ada = as_user(&owner);
+
+    match f
+        .identity
+        .add_member(&ada, &tenant, &stranger, &["viewer"])
+        .await
+    {
+        Err(IdentityError::Refused { reason, .. }) => assert_eq!(reason, "principal_not_found"),
+        other => panic!("a user of another tenant was added: {other:?}"),
+    }
+    match f.identity.add_member(&ada, &tenant, &grace, &[]).await {
+        Err(IdentityError::BadInput { field, .. }) => assert_eq!(field, "roles"),
+        other => panic!("expected bad input, got {other:?}"),
+    }
+    f.identity
+        .add_member(&ada, &tenant, &grace, &["admin"])
+        .await
+        .unwrap();
+    assert_eq!(count(&db, "MemberAdded").await, 1);
+    match f
+        .identity
+        .add_member(&ada, &tenant, &grace, &["viewer"])
+        .await
+    {
+        Err(IdentityError::Refused { reason, .. }) => assert_eq!(reason, "already_member"),
+        other => panic!("expected already_member, got {other:?}"),
+    }
+    // An admin is not an owner, and cannot make anyone one.
+    let grace_id = grace.trim_start_matches("user:").to_owned();
+    let (linus, _) = f
+        .identity
+        .register(
+            &anonymous(),
+            &tenant,
+            "linus@example.org",
+            "Linus T",
+            "another long passphrase here",
+        )
+        .await
+        .unwrap();
+    let Outcome::Done(linus) = linus else {
+        panic!("replayed")
+    };
+    match f
+        .identity
+        .add_member(
+            &as_user(&grace_id),
+            &tenant,
+            &format!("user:{}", linus.user_id),
+            &["owner"],
+        )
+        .await
+    {
+        Err(IdentityError::Refused { reason, .. }) => assert_eq!(reason, "escalation"),
+        other => panic!("an admin made an owner: {other:?}"),
+    }
+    assert_eq!(count(&db, "MemberAdded").await, 1);
 }

@@ -12,6 +12,7 @@ mod interleavings;
 mod loader;
 mod multi_aggregate;
 mod reader;
+mod service_accounts;
 mod subject_keys;
 mod tampering;
 

@@ -5,16 +5,20 @@ use cqrs_es::Aggregate;
 use domain::Refusal;
 use domain::RefusalKind;
 use domain::identity::api_key::{ApiKey, ApiKeyCommand};
+use domain::identity::credentials::SecretHash;
+use domain::identity::email_claim::{EmailClaim, EmailClaimCommand, claim_id};
 use domain::identity::principal::Principal;
 use domain::identity::rbac::{Permission, PermissionSet};
 use domain::identity::session::{Session, SessionCommand};
 use domain::identity::tenant::Tenant;
 use domain::identity::user::{User, UserCommand};
-use domain::identity::values::{ApiKeyId, SessionId, TenantId, UserId};
-use domain::personal::SubjectId;
+use domain::identity::values::{ApiKeyId, Email, EmailIndex, SessionId, TenantId, UserId};
+use domain::personal::{PersonalData, SubjectId};
 use uuid::Uuid;
 
-use super::flows::{Refused, actor_principal, authorize, refused, subject_of};
+use super::flows::{
+    Refused, actor_principal, authorize, refused, subject_of, token, verify_password,
+};
 use super::{Identity, IdentityError};
 use crate::bus::{self, Command, CommandError, EventLog, UnitOfWork};
 use crate::metadata::CommandMetadata;
@@ -319,6 +323,48 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         Ok(position)
     }
 
+    /// Changes the signed-in user's email address, after checking their password. The new
+    /// address must be free in the tenant; it is claimed and the old one released in the
+    /// same write. Returns the verification token to send to the new address, which stays
+    /// unverified until the token comes back.
+    pub async fn change_email(
+        &self,
+        metadata: &CommandMetadata,
+        password: &str,
+        new_email: &str,
+    ) -> Result<(String, Option<i64>), IdentityError> {
+        let user_id = signed_in_user(metadata)?;
+        let email = Email::parse(new_email)
+            .map_err(|err| IdentityError::bad_input("newEmail", err.problem))?;
+        let user = self.load_user(metadata, user_id).await?;
+        let (Some(tenant_id), Some(stored)) = (user.tenant(), user.password_hash()) else {
+            return Err(IdentityError::wrong_credentials());
+        };
+        if !verify_password(&self.hasher, password, stored).await? {
+            return Err(IdentityError::Unauthenticated {
+                reason: "invalid_credentials",
+                message: "the password is wrong".into(),
+            });
+        }
+        let subject = SubjectId::from_uuid(user_id.as_uuid());
+        let key = self.keys.key_for(subject).await?;
+        let (verification, verification_hash) = token()?;
+        let command = ChangeEmail {
+            tenant_id,
+            user_id,
+            email: privacy::seal(&key, subject, "email", email.as_str())?,
+            email_index: self.blind_index.email(tenant_id, &email),
+            verification: verification_hash,
+            verification_expires_at: self.clock.now() + self.lifetimes.email_verification,
+            now: self.clock.now(),
+        };
+        let metadata = &self.sealed(metadata, subject).await?;
+        let ((), committed) = bus::run(&self.log, metadata, &command)
+            .await
+            .map_err(IdentityError::from)?;
+        Ok((verification, committed.map(|c| c.last_position)))
+    }
+
     /// Creates an API key in a tenant for the acting principal, with scopes within the
     /// actor's own permissions. Needs `api_keys:create`. The key is returned once.
     pub async fn create_api_key(
@@ -399,7 +445,7 @@ struct CreateApiKey {
     actor: Principal,
     key_id: ApiKeyId,
     name: String,
-    hash: domain::identity::credentials::SecretHash,
+    hash: SecretHash,
     display_prefix: String,
     scopes: PermissionSet,
     expires_at: Option<DateTime<Utc>>,
@@ -462,6 +508,74 @@ impl<L: EventLog> Command<L> for RevokeApiKey {
         work.handle(&mut key, ApiKeyCommand::Revoke { now: self.now }, &())
             .await
             .map_err(refused)?;
+        Ok(())
+    }
+}
+
+struct ChangeEmail {
+    tenant_id: TenantId,
+    user_id: UserId,
+    email: PersonalData,
+    email_index: EmailIndex,
+    verification: SecretHash,
+    verification_expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+}
+
+impl<L: EventLog> Command<L> for ChangeEmail {
+    type Output = ();
+    type Error = Refused;
+
+    async fn decide(&self, work: &mut UnitOfWork<'_, L>) -> Result<(), CommandError<Refused>> {
+        let mut user = work.load::<User>(&self.user_id.to_string()).await?;
+        let Some(previous) = user.state().email_index().cloned() else {
+            return Err(CommandError::Refused(Refused::new(
+                RefusalKind::NotFound,
+                "user_not_found",
+                "no such user",
+            )));
+        };
+        work.handle(
+            &mut user,
+            UserCommand::ChangeEmail {
+                email: self.email.clone(),
+                email_index: self.email_index.clone(),
+                verification: self.verification,
+                verification_expires_at: self.verification_expires_at,
+                now: self.now,
+            },
+            &(),
+        )
+        .await
+        .map_err(refused)?;
+        let mut claim = work
+            .load::<EmailClaim>(&claim_id(self.tenant_id, &self.email_index))
+            .await?;
+        work.handle(
+            &mut claim,
+            EmailClaimCommand::Claim {
+                tenant_id: self.tenant_id,
+                index: self.email_index.clone(),
+                user_id: self.user_id,
+                now: self.now,
+            },
+            &(),
+        )
+        .await
+        .map_err(refused)?;
+        let mut released = work
+            .load::<EmailClaim>(&claim_id(self.tenant_id, &previous))
+            .await?;
+        work.handle(
+            &mut released,
+            EmailClaimCommand::Release {
+                user_id: self.user_id,
+                now: self.now,
+            },
+            &(),
+        )
+        .await
+        .map_err(refused)?;
         Ok(())
     }
 }

@@ -9,8 +9,9 @@ use domain::RefusalKind;
 use domain::identity::email_claim::{EmailClaim, EmailClaimCommand, claim_id};
 use domain::identity::principal::Principal;
 use domain::identity::rbac::{Permission, PermissionSet, RoleName, RoleRef};
+use domain::identity::service_account::ServiceAccount;
 use domain::identity::tenant::{Tenant, TenantCommand};
-use domain::identity::user::{User, UserCommand};
+use domain::identity::user::{User, UserCommand, UserStatus};
 use domain::identity::values::{Email, PlanRef, TenantId, TenantName, UserId};
 use domain::personal::SubjectId;
 use uuid::Uuid;
@@ -261,6 +262,42 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
     ) -> Result<Option<i64>, IdentityError> {
         let op = TenantOp::Remove(parse_principal(principal)?);
         self.tenant_admin(metadata, tenant, op).await
+    }
+
+    /// Makes a registered user, or a service account of the tenant that was removed, a
+    /// member with `roles` (at least one, within the actor's permissions). Needs
+    /// `roles:assign`.
+    pub async fn add_member(
+        &self,
+        metadata: &CommandMetadata,
+        tenant: &str,
+        principal: &str,
+        roles: &[&str],
+    ) -> Result<Option<i64>, IdentityError> {
+        let tenant_id: TenantId = tenant
+            .parse()
+            .map_err(|err| IdentityError::bad_input("tenantId", err))?;
+        let principal = parse_principal(principal)?;
+        let roles = roles
+            .iter()
+            .map(|role| parse_role(role))
+            .collect::<Result<BTreeSet<_>, _>>()?;
+        if roles.is_empty() {
+            return Err(IdentityError::bad_input("roles", "give at least one role"));
+        }
+        let actor = actor_principal(metadata)?;
+        let metadata = &self.sealed(metadata, subject_of(actor)).await?;
+        let command = AddMember {
+            tenant_id,
+            actor,
+            principal,
+            roles,
+            now: self.clock.now(),
+        };
+        let ((), committed) = bus::run(&self.log, metadata, &command)
+            .await
+            .map_err(IdentityError::from)?;
+        Ok(committed.map(|c| c.last_position))
     }
 
     /// Invites a person into a tenant with roles. Needs `users:invite` and every permission
@@ -581,6 +618,56 @@ impl<L: EventLog> Command<L> for Deactivate {
         work.handle(&mut user, UserCommand::Deactivate { now: self.now }, &())
             .await
             .map_err(refused)?;
+        Ok(())
+    }
+}
+
+struct AddMember {
+    tenant_id: TenantId,
+    actor: Principal,
+    principal: Principal,
+    roles: BTreeSet<RoleRef>,
+    now: DateTime<Utc>,
+}
+
+impl<L: EventLog> Command<L> for AddMember {
+    type Output = ();
+    type Error = Refused;
+
+    async fn decide(&self, work: &mut UnitOfWork<'_, L>) -> Result<(), CommandError<Refused>> {
+        let mut tenant = work.load::<Tenant>(&self.tenant_id.to_string()).await?;
+        authorize(tenant.state(), &self.actor, Permission::RolesAssign)?;
+        let belongs = match self.principal {
+            Principal::User(user) => {
+                let user = work.load::<User>(&user.to_string()).await?;
+                user.state().tenant() == Some(self.tenant_id)
+                    && user.state().status() == UserStatus::Active
+            }
+            Principal::ServiceAccount(account) => {
+                let account = work.load::<ServiceAccount>(&account.to_string()).await?;
+                account.state().tenant() == Some(self.tenant_id)
+            }
+        };
+        if !belongs {
+            return Err(CommandError::Refused(Refused::new(
+                RefusalKind::NotFound,
+                "principal_not_found",
+                "no such active user or service account in this tenant",
+            )));
+        }
+        let granted_by = tenant.state().effective_permissions(&self.actor);
+        work.handle(
+            &mut tenant,
+            TenantCommand::AddMember {
+                principal: self.principal,
+                roles: self.roles.clone(),
+                granted_by,
+                now: self.now,
+            },
+            &(),
+        )
+        .await
+        .map_err(refused)?;
         Ok(())
     }
 }

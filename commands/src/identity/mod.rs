@@ -9,6 +9,7 @@
 
 mod account;
 mod flows;
+mod machines;
 mod membership;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ pub use account::{ApiKeyCreated, TotpEnrollment};
 pub use flows::{
     CreateTenant, Login, LoginOutcome, Refresh, Refreshed, Register, Registered, TenantCreated,
 };
+pub use machines::{AuthenticatedClient, CLIENT_SECRET_PREFIX, ClientSecretIssued};
 pub use membership::Invited;
 
 /// Where the time comes from: the system clock in production, a fixed one in tests.
