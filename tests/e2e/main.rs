@@ -9,6 +9,7 @@ mod concurrency;
 mod cqrs_compat;
 mod identity;
 mod interleavings;
+mod key_usage;
 mod loader;
 mod multi_aggregate;
 mod reader;

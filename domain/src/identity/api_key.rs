@@ -15,8 +15,9 @@
 //!   checked against its creator, never the account;
 //! - a revoked key stays revoked; an expired key is unusable without any event.
 //!
-//! The key decision: the last use of a key is NOT an event. The gateway tracks it (in Redis,
-//! flushed to PostgreSQL) so that the event log records decisions, not per-request noise.
+//! The key decision: the last use of a key is NOT an event. It is gathered in memory where
+//! keys are checked and written in batches to a table outside the log (`api_key_usage`, see
+//! `eventstore::KeyUsage`), so that the event log records decisions, not per-request noise.
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
