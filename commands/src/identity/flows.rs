@@ -233,6 +233,9 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         let person = self
             .prepare_person(tenant_id, email, name, password)
             .await?;
+        let metadata = &self
+            .sealed(metadata, SubjectId::from_uuid(person.user_id.as_uuid()))
+            .await?;
         let (verification, verification_hash) = token()?;
         let command = Register {
             tenant_id,
