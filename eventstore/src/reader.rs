@@ -112,7 +112,7 @@ SELECT global_position, event_id, aggregate_type, aggregate_id, sequence, event_
  ORDER BY global_position
  LIMIT $3";
 
-async fn read_page(
+pub(crate) async fn read_page(
     pool: &PgPool,
     from: i64,
     to: i64,

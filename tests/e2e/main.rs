@@ -14,6 +14,7 @@ mod key_usage;
 mod loader;
 mod multi_aggregate;
 mod reader;
+mod relay;
 mod service_accounts;
 mod subject_keys;
 mod tampering;

@@ -161,3 +161,73 @@ pub struct TestStore {
     /// The loader tasks.
     pub loader_task: LoaderTask,
 }
+
+/// The NATS server tests use. Override with `PLATFORM_TEST_NATS_URL`.
+pub fn nats_url() -> String {
+    std::env::var("PLATFORM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// A subject prefix and a JetStream stream of their own on the real NATS server; the stream
+/// is deleted when this value is dropped.
+pub struct TestBus {
+    /// The connection.
+    pub client: async_nats::Client,
+    /// The JetStream context.
+    pub jetstream: async_nats::jetstream::Context,
+    /// The subject prefix, unique to this bus.
+    pub prefix: String,
+    /// The stream's name, unique to this bus.
+    pub stream: String,
+}
+
+impl TestBus {
+    /// Connects and picks a fresh prefix and stream name.
+    pub async fn new() -> Self {
+        init_logging();
+        let client = async_nats::connect(nats_url())
+            .await
+            .expect("cannot reach NATS at PLATFORM_TEST_NATS_URL; run scripts/services.sh");
+        let id = Uuid::new_v4().simple().to_string();
+        Self {
+            jetstream: async_nats::jetstream::new(client.clone()),
+            client,
+            prefix: format!("t{}", &id[..12]),
+            stream: format!("TEST_{}", &id[..12]),
+        }
+    }
+
+    /// A relay configuration that publishes onto this bus.
+    pub fn relay_config(&self) -> eventstore::RelayConfig {
+        eventstore::RelayConfig {
+            subject_prefix: self.prefix.clone(),
+            stream: self.stream.clone(),
+            poll_interval: std::time::Duration::from_millis(200),
+            standby_poll: std::time::Duration::from_millis(100),
+            max_backoff: std::time::Duration::from_millis(500),
+            ..eventstore::RelayConfig::default()
+        }
+    }
+}
+
+impl Drop for TestBus {
+    fn drop(&mut self) {
+        let stream = self.stream.clone();
+        // Drop cannot await inside a runtime, and this connection's task may need the very
+        // thread Drop runs on: delete over a connection of its own, on a thread of its own.
+        let cleanup = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(async move {
+                    if let Ok(client) = async_nats::connect(nats_url()).await {
+                        let _ = async_nats::jetstream::new(client)
+                            .delete_stream(&stream)
+                            .await;
+                    }
+                });
+            }
+        });
+        let _ = cleanup.join();
+    }
+}

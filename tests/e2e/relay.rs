@@ -1,0 +1,241 @@
+//! The relay through the real PostgreSQL and NATS JetStream: every event in the stream once,
+//! in order, with its headers and a verifiable envelope; one leader at a time with a standby
+//! that takes over; relays killed mid-stream; a deleted stream filled again from the log.
+
+use std::time::Duration;
+
+use eventstore::{ProtoEncoder, Relay, RelayConfig, RelayStats};
+use prost::Message as _;
+use std::sync::Arc;
+use tests::{TestBus, TestDb};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::append;
+
+/// Starts a relay on its own task; aborting the task kills it as a crash would.
+fn spawn_relay(
+    db: &TestDb,
+    bus: &TestBus,
+    config: RelayConfig,
+) -> (JoinHandle<()>, Arc<RelayStats>) {
+    let relay = Relay::new(db.app.clone(), bus.client.clone(), config, ProtoEncoder);
+    let stats = relay.stats();
+    (tokio::spawn(relay.run(std::future::pending())), stats)
+}
+
+/// Waits until `done` holds, failing after a generous bound so that a broken relay ends
+/// the test instead of hanging it.
+async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    for _ in 0..600 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// The `platform-position` header of every message in the stream, in stream order.
+async fn stream_positions(bus: &TestBus) -> Vec<i64> {
+    let Ok(mut stream) = bus.jetstream.get_stream(&bus.stream).await else {
+        return Vec::new();
+    };
+    let state = stream.info().await.unwrap().state.clone();
+    if state.messages == 0 {
+        return Vec::new();
+    }
+    let mut positions = Vec::with_capacity(state.messages as usize);
+    for sequence in state.first_sequence..=state.last_sequence {
+        let message = stream.get_raw_message(sequence).await.unwrap();
+        let position = message
+            .headers
+            .get("platform-position")
+            .unwrap()
+            .as_str()
+            .parse()
+            .unwrap();
+        positions.push(position);
+    }
+    positions
+}
+
+async fn head(db: &TestDb) -> i64 {
+    sqlx::query_scalar("SELECT position FROM log_head")
+        .fetch_one(&db.app)
+        .await
+        .unwrap()
+}
+
+async fn fill(db: &TestDb, store: &tests::TestStore, aggregates: usize, each: usize) {
+    for aggregate in 0..aggregates {
+        let tenant = (aggregate % 3 != 0).then(Uuid::now_v7);
+        append(
+            &store.repository,
+            &format!("ledger-{}", Uuid::now_v7()),
+            1,
+            each,
+            tenant,
+        )
+        .await
+        .unwrap();
+    }
+    assert!(head(db).await > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_publishes_every_event_once_in_order_with_cloudevents_headers() {
+    let db = TestDb::new().await;
+    let bus = TestBus::new().await;
+    let store = db.store();
+    fill(&db, &store, 30, 10).await;
+    let (relay, stats) = spawn_relay(&db, &bus, bus.relay_config());
+    eventually("300 events are acked", async || {
+        stats.acked_position() == 300
+    })
+    .await;
+    assert_eq!(stream_positions(&bus).await, (1..=300).collect::<Vec<_>>());
+
+    // Appends after the relay caught up wake it (NOTIFY), and the checkpoint follows.
+    fill(&db, &store, 5, 10).await;
+    eventually("350 events are acked", async || {
+        stats.acked_position() == 350
+    })
+    .await;
+    let checkpoint: i64 =
+        sqlx::query_scalar("SELECT position FROM relay_checkpoints WHERE name = 'relay'")
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+    assert_eq!(checkpoint, 350);
+    assert_eq!(stream_positions(&bus).await, (1..=350).collect::<Vec<_>>());
+    relay.abort();
+
+    // One message in full: its subject, its headers and its envelope.
+    let event: (Uuid, String, String, Option<Uuid>, Vec<u8>) = sqlx::query_as(
+        "SELECT event_id, aggregate_type, event_type, tenant_id, hash FROM events WHERE global_position = 2",
+    )
+    .fetch_one(&db.app)
+    .await
+    .unwrap();
+    let stream = bus.jetstream.get_stream(&bus.stream).await.unwrap();
+    let message = stream.get_raw_message(2).await.unwrap();
+    let scope = event.3.map_or("platform".to_owned(), |t| t.to_string());
+    assert_eq!(
+        message.subject.as_str(),
+        format!("{}.events.{scope}.{}.{}", bus.prefix, event.1, event.2)
+    );
+    let header = |name: &str| {
+        message
+            .headers
+            .get(name)
+            .map(|value| value.as_str().to_owned())
+            .unwrap_or_else(|| panic!("no {name} header"))
+    };
+    assert_eq!(header("Nats-Msg-Id"), event.0.to_string());
+    assert_eq!(header("ce-id"), event.0.to_string());
+    assert_eq!(header("ce-specversion"), "1.0");
+    assert_eq!(
+        header("ce-type"),
+        format!("platform.{}.{}.v1", event.1, event.2)
+    );
+    assert_eq!(header("platform-position"), "2");
+    assert_eq!(header("platform-hash"), hex::encode(&event.4));
+    assert!(header("ce-time").ends_with('Z'));
+    let envelope = proto::v1::EventEnvelope::decode(message.payload.as_ref()).unwrap();
+    assert_eq!(envelope.global_position, 2);
+    assert_eq!(envelope.hash, event.4);
+    envelope.verify_hash().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_relays_one_publishes_and_the_other_takes_over_with_no_gap_or_reordering() {
+    let db = TestDb::new().await;
+    let bus = TestBus::new().await;
+    let store = db.store();
+    let (first, first_stats) = spawn_relay(&db, &bus, bus.relay_config());
+    eventually("the first relay leads", async || first_stats.is_leader()).await;
+    let (second, second_stats) = spawn_relay(&db, &bus, bus.relay_config());
+    fill(&db, &store, 20, 10).await;
+    eventually("200 events are acked", async || {
+        first_stats.acked_position() == 200
+    })
+    .await;
+    assert!(!second_stats.is_leader(), "two relays lead at once");
+    assert_eq!(second_stats.published(), 0, "the standby published");
+
+    first.abort();
+    let _ = first.await;
+    fill(&db, &store, 20, 10).await;
+    eventually("the standby took over and acked 400", async || {
+        second_stats.acked_position() == 400
+    })
+    .await;
+    assert_eq!(stream_positions(&bus).await, (1..=400).collect::<Vec<_>>());
+    second.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_again_and_again_under_load_leaves_every_event_in_the_stream_in_order() {
+    let db = TestDb::new().await;
+    let bus = TestBus::new().await;
+    let store = db.store();
+    let writer = {
+        let repository = store.repository.clone();
+        tokio::spawn(async move {
+            for _ in 0..150 {
+                append(
+                    &repository,
+                    &format!("ledger-{}", Uuid::now_v7()),
+                    1,
+                    4,
+                    None,
+                )
+                .await
+                .unwrap();
+            }
+        })
+    };
+    let config = RelayConfig {
+        max_in_flight: 16,
+        page_size: 32,
+        ..bus.relay_config()
+    };
+    for round in 0..12u64 {
+        let (relay, _) = spawn_relay(&db, &bus, config.clone());
+        tokio::time::sleep(Duration::from_millis(30 + round * 7)).await;
+        relay.abort();
+        let _ = relay.await;
+    }
+    writer.await.unwrap();
+    let (relay, stats) = spawn_relay(&db, &bus, config);
+    eventually("600 events are acked", async || {
+        stats.acked_position() == 600
+    })
+    .await;
+    assert_eq!(stream_positions(&bus).await, (1..=600).collect::<Vec<_>>());
+    relay.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_stream_is_filled_again_from_the_log() {
+    let db = TestDb::new().await;
+    let bus = TestBus::new().await;
+    let store = db.store();
+    fill(&db, &store, 10, 10).await;
+    let (relay, stats) = spawn_relay(&db, &bus, bus.relay_config());
+    eventually("100 events are acked", async || {
+        stats.acked_position() == 100
+    })
+    .await;
+
+    bus.jetstream.delete_stream(&bus.stream).await.unwrap();
+    fill(&db, &store, 5, 10).await;
+    eventually("the new stream holds all 150 events", async || {
+        stream_positions(&bus).await.len() == 150
+    })
+    .await;
+    assert_eq!(stream_positions(&bus).await, (1..=150).collect::<Vec<_>>());
+    assert!(stats.terms() >= 1);
+    relay.abort();
+}
