@@ -1,9 +1,167 @@
 //! Projections: named, versioned functions of the ordered event log that build read models.
 //!
 //! A projection's runner applies events in `global_position` order and stores the last
-//! applied position atomically with the effect (in the same PostgreSQL transaction, or the
-//! same Redis Lua call), so that at-least-once delivery yields exactly-once effects. The
-//! runner, the JetStream consumers and the read models arrive with the relay; today this
-//! crate re-exports the event store's global reader, the API projections are built on.
+//! applied position atomically with the effect (in the same PostgreSQL transaction), so
+//! that at-least-once delivery yields exactly-once effects. Events at or below the
+//! checkpoint are passed over; a batch that does not follow the checkpoint is a gap, healed
+//! from the log in PostgreSQL before anything else is applied. An event that keeps failing
+//! parks its projection, visibly, until an operator resumes it or skips that event.
 
-pub use eventstore::reader::LogReader;
+pub mod pg;
+
+use std::time::Duration;
+
+use eventstore::{LogReader, RecordedEvent};
+use futures::TryStreamExt;
+use sqlx::PgPool;
+
+pub use pg::{Applied, ApplyError, BatchError, Checkpoint, Parked, PgProjection, Rebuilt, Setup};
+
+/// Why a projection could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProjectionError {
+    /// PostgreSQL failed.
+    #[error("projection database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Reading the log failed.
+    #[error(transparent)]
+    Log(#[from] eventstore::StoreError),
+    /// A name that cannot name a schema.
+    #[error(
+        "projection name `{0}` must be 1 to 48 lowercase letters, digits or `_`, starting with a letter"
+    )]
+    BadName(String),
+    /// The projection has no checkpoint yet.
+    #[error("projection `{0}` is not set up")]
+    NotSetUp(String),
+    /// A rebuild failed on an event; the live model is untouched.
+    #[error("rebuilding projection `{name}` failed: {problem}")]
+    Rebuild {
+        /// The projection.
+        name: String,
+        /// What failed.
+        problem: String,
+    },
+    /// A skip of a position the projection is not parked at.
+    #[error(
+        "projection `{name}` is not parked at position {position}; only the parked event can be skipped"
+    )]
+    NotParkedAt {
+        /// The projection.
+        name: String,
+        /// The position asked for.
+        position: i64,
+    },
+}
+
+/// How hard the runner tries an event before it parks the projection.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// Attempts per event, the first included.
+    pub attempts: u32,
+    /// The wait before the second attempt; it doubles for each further one.
+    pub first_wait: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            attempts: 5,
+            first_wait: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Applies a batch; when the projection fails on it, tries its events one at a time, each
+/// up to `retry.attempts` times, and parks the projection on the first event that keeps
+/// failing. Every event before that one is applied.
+pub async fn apply_or_park<P: PgProjection>(
+    pool: &PgPool,
+    projection: &P,
+    events: &[RecordedEvent],
+    retry: Retry,
+) -> Result<Applied, ProjectionError> {
+    match pg::apply_batch(pool, projection, events).await {
+        Ok(applied) => return Ok(applied),
+        Err(BatchError::Store(err)) => return Err(err),
+        Err(BatchError::Apply(err)) => {
+            tracing::warn!(
+                projection = projection.name(),
+                "a batch failed ({err}); trying its events one at a time"
+            );
+        }
+    }
+    let mut applied = Applied::Through { position: 0 };
+    for event in events {
+        let mut wait = retry.first_wait;
+        let mut attempt = 1;
+        loop {
+            match pg::apply_batch(pool, projection, std::slice::from_ref(event)).await {
+                Ok(Applied::Through { position }) => {
+                    applied = Applied::Through { position };
+                    break;
+                }
+                Ok(other) => return Ok(other),
+                Err(BatchError::Store(err)) => return Err(err),
+                Err(BatchError::Apply(err)) if attempt >= retry.attempts.max(1) => {
+                    let error = err.to_string();
+                    tracing::error!(
+                        projection = projection.name(),
+                        position = event.global_position,
+                        "parking the projection: the event failed {attempt} times: {error}"
+                    );
+                    pg::park(pool, projection.name(), event.global_position, &error).await?;
+                    return Ok(Applied::Parked(Parked {
+                        position: event.global_position,
+                        error,
+                    }));
+                }
+                Err(BatchError::Apply(_)) => {
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+    Ok(applied)
+}
+
+/// Applies the log from the checkpoint through `to` (or the head of the log), reading
+/// PostgreSQL a page at a time. Returns what the last batch did.
+pub async fn catch_up<P: PgProjection>(
+    pool: &PgPool,
+    projection: &P,
+    reader: &LogReader,
+    to: Option<i64>,
+    page: i64,
+    retry: Retry,
+) -> Result<Applied, ProjectionError> {
+    let to = match to {
+        Some(to) => to,
+        None => reader.head().await?.position,
+    };
+    loop {
+        let Some(checkpoint) = pg::checkpoint(pool, projection.name()).await? else {
+            return Err(ProjectionError::NotSetUp(projection.name().to_owned()));
+        };
+        if let Some(parked) = checkpoint.parked {
+            return Ok(Applied::Parked(parked));
+        }
+        if checkpoint.position >= to {
+            return Ok(Applied::Through {
+                position: checkpoint.position,
+            });
+        }
+        let last = to.min(checkpoint.position.saturating_add(page.max(1)));
+        let events: Vec<RecordedEvent> = reader
+            .read_range(checkpoint.position + 1, last)
+            .try_collect()
+            .await?;
+        match apply_or_park(pool, projection, &events, retry).await? {
+            Applied::Through { .. } => {}
+            other => return Ok(other),
+        }
+    }
+}
