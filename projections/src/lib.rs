@@ -8,6 +8,7 @@
 //! parks its projection, visibly, until an operator resumes it or skips that event.
 
 pub mod pg;
+pub mod runner;
 
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use futures::TryStreamExt;
 use sqlx::PgPool;
 
 pub use pg::{Applied, ApplyError, BatchError, Checkpoint, Parked, PgProjection, Rebuilt, Setup};
+pub use runner::{PgRunner, RunnerConfig, RunnerStats, wait_for_position};
 
 /// Why a projection could not run.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,9 @@ pub enum ProjectionError {
     /// The projection has no checkpoint yet.
     #[error("projection `{0}` is not set up")]
     NotSetUp(String),
+    /// NATS JetStream failed.
+    #[error("projection bus error: {0}")]
+    Bus(String),
     /// A rebuild failed on an event; the live model is untouched.
     #[error("rebuilding projection `{name}` failed: {problem}")]
     Rebuild {

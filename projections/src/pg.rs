@@ -2,12 +2,13 @@
 //! checkpoint in the same transaction.
 //!
 //! Each projection owns a schema, `rm_<name>`, and writes to its tables with unqualified
-//! names: the runner sets `search_path` for the transaction. That is what lets a rebuild
+//! names: the runner sets `search_path` to that schema, then `public`, for the transaction. That is what lets a rebuild
 //! fill a shadow schema with the very same code and then swap it in.
 
 use std::future::Future;
 
 use eventstore::RecordedEvent;
+use futures::future::BoxFuture;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::ProjectionError;
@@ -30,7 +31,7 @@ pub trait PgProjection: Send + Sync + 'static {
     fn schema_sql(&self) -> &'static str;
 
     /// Applies `events`, in order, in the open transaction (whose `search_path` is the
-    /// model's schema). A failure names the position of the event that failed when it is
+    /// model's schema, then `public`). A failure names the position of the event that failed when it is
     /// known; the runner then tries the events one at a time to find it.
     fn apply(
         &self,
@@ -68,6 +69,16 @@ impl From<sqlx::Error> for ApplyError {
     }
 }
 
+/// `projection.apply`, boxed: callers hold a `dyn Future + Send`, which keeps the compiler
+/// from having to prove `Send` of the projection's future for every lifetime.
+fn apply_boxed<'a, P: PgProjection>(
+    conn: &'a mut PgConnection,
+    projection: &'a P,
+    events: &'a [&'a RecordedEvent],
+) -> BoxFuture<'a, Result<(), ApplyError>> {
+    Box::pin(projection.apply(conn, events))
+}
+
 /// The schema of a projection's live tables.
 pub fn schema_of(name: &str) -> String {
     format!("rm_{name}")
@@ -100,18 +111,23 @@ pub fn check_name(name: &str) -> Result<(), ProjectionError> {
 }
 
 /// Runs `projection.schema_sql()` in `schema`, which must exist and be empty.
-pub(crate) async fn create_tables<P: PgProjection>(
-    tx: &mut Transaction<'_, Postgres>,
-    projection: &P,
-    schema: &str,
-) -> Result<(), ProjectionError> {
-    sqlx::query(&format!("SET LOCAL search_path TO {}", quoted(schema)))
-        .execute(&mut **tx)
+pub(crate) fn create_tables<'a, P: PgProjection>(
+    tx: &'a mut Transaction<'_, Postgres>,
+    projection: &'a P,
+    schema: &'a str,
+) -> BoxFuture<'a, Result<(), ProjectionError>> {
+    let conn: &'a mut PgConnection = tx;
+    Box::pin(async move {
+        sqlx::query(&format!(
+            "SET LOCAL search_path TO {}, public",
+            quoted(schema)
+        ))
+        .execute(&mut *conn)
         .await?;
-    sqlx::raw_sql(projection.schema_sql())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+        // A plain string runs as a simple query, which may hold several statements.
+        sqlx::Executor::execute(&mut *conn, projection.schema_sql()).await?;
+        Ok(())
+    })
 }
 
 /// Where a projection stands.
@@ -272,7 +288,18 @@ pub enum Applied {
 
 /// Applies `events` (in position order) and moves the checkpoint, in one transaction.
 /// Events at or below the checkpoint are passed over, so a redelivered batch is harmless.
-pub async fn apply_batch<P: PgProjection>(
+///
+/// The future is boxed: it erases the projection's future type, which a caller spawning a
+/// runner could otherwise not prove `Send` for every lifetime.
+pub fn apply_batch<'a, P: PgProjection>(
+    pool: &'a PgPool,
+    projection: &'a P,
+    events: &'a [RecordedEvent],
+) -> BoxFuture<'a, Result<Applied, BatchError>> {
+    Box::pin(apply_batch_inner(pool, projection, events))
+}
+
+async fn apply_batch_inner<P: PgProjection>(
     pool: &PgPool,
     projection: &P,
     events: &[RecordedEvent],
@@ -309,14 +336,13 @@ pub async fn apply_batch<P: PgProjection>(
         .collect();
     if !wanted.is_empty() {
         sqlx::query(&format!(
-            "SET LOCAL search_path TO {}",
+            "SET LOCAL search_path TO {}, public",
             quoted(&schema_of(projection.name()))
         ))
         .execute(&mut *tx)
         .await
         .map_err(BatchError::store)?;
-        projection
-            .apply(&mut tx, &wanted)
+        apply_boxed(&mut tx, projection, &wanted)
             .await
             .map_err(BatchError::Apply)?;
     }
@@ -442,7 +468,18 @@ pub struct Rebuilt {
 /// in one transaction that holds the checkpoint's lock, so live batches neither interleave
 /// nor leave a gap. `progress` is called after every page with the position reached and
 /// the target.
-pub async fn rebuild<P: PgProjection>(
+pub fn rebuild<'a, P: PgProjection>(
+    pool: &'a PgPool,
+    projection: &'a P,
+    reader: &'a eventstore::LogReader,
+    to: Option<i64>,
+    page: i64,
+    progress: impl FnMut(i64, i64) + Send + 'a,
+) -> BoxFuture<'a, Result<Rebuilt, ProjectionError>> {
+    Box::pin(rebuild_inner(pool, projection, reader, to, page, progress))
+}
+
+async fn rebuild_inner<P: PgProjection>(
     pool: &PgPool,
     projection: &P,
     reader: &eventstore::LogReader,
@@ -487,11 +524,13 @@ pub async fn rebuild<P: PgProjection>(
         let wanted: Vec<&RecordedEvent> = batch.iter().filter(|e| projection.wants(e)).collect();
         if !wanted.is_empty() {
             let mut tx = pool.begin().await?;
-            sqlx::query(&format!("SET LOCAL search_path TO {}", quoted(&shadow)))
-                .execute(&mut *tx)
-                .await?;
-            projection
-                .apply(&mut tx, &wanted)
+            sqlx::query(&format!(
+                "SET LOCAL search_path TO {}, public",
+                quoted(&shadow)
+            ))
+            .execute(&mut *tx)
+            .await?;
+            apply_boxed(&mut tx, projection, &wanted)
                 .await
                 .map_err(|err| ProjectionError::Rebuild {
                     name: projection.name().to_owned(),

@@ -13,6 +13,7 @@ mod interleavings;
 mod key_usage;
 mod loader;
 mod multi_aggregate;
+mod projections;
 mod reader;
 mod relay;
 mod service_accounts;
