@@ -21,6 +21,33 @@ pub enum Command {
     /// Run every role in one process: create the database if it is missing, migrate, check
     /// NATS JetStream and Redis, start the event store, and run until interrupted.
     Serve(ServeArgs),
+    /// Run only the relay, which publishes the event log to NATS JetStream in order. Start
+    /// several: one leads, the others stand by and take over when it stops.
+    Relay(RelayArgs),
+}
+
+/// What `relay` connects to.
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    /// PostgreSQL URL of the application role.
+    #[arg(
+        long,
+        env = "PLATFORM_DATABASE_URL",
+        default_value = "postgres://platform_app@127.0.0.1:5432/platform"
+    )]
+    pub database_url: String,
+
+    /// NATS server with JetStream enabled.
+    #[arg(
+        long,
+        env = "PLATFORM_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+
+    /// Prefix of every NATS subject; the stream is `<PREFIX>_EVENTS`.
+    #[arg(long, env = "PLATFORM_NATS_PREFIX", default_value = "platform")]
+    pub nats_prefix: String,
 }
 
 /// Where the event store lives.
@@ -59,7 +86,8 @@ pub struct ServeArgs {
     )]
     pub nats_url: String,
 
-    /// Prefix of every NATS subject and stream name, so that deployments can share a server.
+    /// Prefix of every NATS subject and of the stream's name (`<PREFIX>_EVENTS`), so that
+    /// deployments can share a server.
     #[arg(long, env = "PLATFORM_NATS_PREFIX", default_value = "platform")]
     pub nats_prefix: String,
 

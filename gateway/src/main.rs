@@ -21,6 +21,7 @@ async fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Migrate(args) => gateway::serve::migrate(&args).await,
         Command::Serve(args) => gateway::serve::serve(&args).await,
+        Command::Relay(args) => gateway::serve::relay(&args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,13 +1,13 @@
-//! `platform migrate` and `platform serve`.
+//! `platform migrate`, `platform serve` and `platform relay`.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use eventstore::{Appender, AppenderConfig, LogReader, schema};
+use eventstore::{Appender, AppenderConfig, LogReader, ProtoEncoder, Relay, RelayConfig, schema};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
-use crate::cli::{DatabaseArgs, ServeArgs};
+use crate::cli::{DatabaseArgs, RelayArgs, ServeArgs};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const SERVICES_HINT: &str = "start the local services with scripts/services.sh";
@@ -53,14 +53,99 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
     ));
 
     let (appender, task) = Appender::spawn(pool.clone(), AppenderConfig::default());
+    let relay = start_relay(&pool, &args.nats_url, &args.nats_prefix).await?;
     say("platform: ready; press Ctrl-C to stop");
 
     shutdown_signal().await;
     say("platform: stopping");
+    relay.stop().await;
     drop(appender);
     task.join().await;
     pool.close().await;
     Ok(())
+}
+
+/// Runs only the relay (an active one, or a hot standby) until interrupted.
+pub async fn relay(args: &RelayArgs) -> Result<()> {
+    let pool = app_pool(&args.database_url).await?;
+    let head = LogReader::new(pool.clone())
+        .head()
+        .await
+        .context("the application role cannot read the event log; run `platform migrate`")?;
+    say(&format!(
+        "event store: {} (log head at position {})",
+        describe(&options(&args.database_url, "--database-url")?),
+        head.position
+    ));
+    check_nats(&args.nats_url).await?;
+    let relay = start_relay(&pool, &args.nats_url, &args.nats_prefix).await?;
+    say("platform: ready; press Ctrl-C to stop");
+    shutdown_signal().await;
+    say("platform: stopping");
+    relay.stop().await;
+    pool.close().await;
+    Ok(())
+}
+
+/// The JetStream stream of a subject prefix: `platform` gives `PLATFORM_EVENTS`.
+pub fn stream_name(prefix: &str) -> String {
+    let upper: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{upper}_EVENTS")
+}
+
+/// A relay running on a task of its own.
+struct RunningRelay {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningRelay {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        if let Err(err) = self.task.await {
+            tracing::error!("the relay task ended abnormally: {err}");
+        }
+    }
+}
+
+async fn start_relay(pool: &PgPool, nats_url: &str, prefix: &str) -> Result<RunningRelay> {
+    anyhow::ensure!(
+        !prefix.is_empty()
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+        "--nats-prefix `{prefix}` must be letters, digits, `_` or `-`: it is one subject token"
+    );
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(CONNECT_TIMEOUT)
+        .connect(nats_url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {nats_url}; {SERVICES_HINT}"))?;
+    let config = RelayConfig {
+        subject_prefix: prefix.to_owned(),
+        stream: stream_name(prefix),
+        ..RelayConfig::default()
+    };
+    say(&format!(
+        "relay: stream {} (subjects `{}`), leading or standing by",
+        config.stream,
+        config.all_subjects()
+    ));
+    let relay = Relay::new(pool.clone(), client, config, ProtoEncoder);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(relay.run(async move {
+        let _ = stopped.await;
+    }));
+    Ok(RunningRelay { stop, task })
 }
 
 /// Creates the database named in the owner's URL if it does not exist, and says so.

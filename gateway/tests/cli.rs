@@ -54,7 +54,7 @@ fn help_names_every_command() {
     assert!(output.status.success());
     let text = stdout(&output);
     assert!(text.contains("migrate") && text.contains("serve"), "{text}");
-    for command in ["migrate", "serve"] {
+    for command in ["migrate", "serve", "relay"] {
         let output = platform().args([command, "--help"]).output().unwrap();
         assert!(output.status.success(), "{command} --help");
         assert!(
@@ -127,6 +127,9 @@ fn lines(child: &mut Child) -> mpsc::Receiver<String> {
 #[test]
 fn serve_gets_ready_on_a_new_database_and_stops_on_sigterm() {
     let db = Database::new();
+    let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let stream = gateway::serve::stream_name(&prefix);
+    let _cleanup = DeleteStream(stream.clone());
     let mut child = platform()
         .args([
             "serve",
@@ -134,6 +137,8 @@ fn serve_gets_ready_on_a_new_database_and_stops_on_sigterm() {
             &db.admin_url,
             "--database-url",
             &db.app_url,
+            "--nats-prefix",
+            &prefix,
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -166,6 +171,25 @@ fn serve_gets_ready_on_a_new_database_and_stops_on_sigterm() {
         seen.iter().any(|l| l.contains("log head at position 0")),
         "{seen:?}"
     );
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with(&format!("relay: stream {stream}"))),
+        "{seen:?}"
+    );
+    // The relay leads (no other relay uses this database) and has created its stream.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let created = runtime.block_on(async {
+        let client = async_nats::connect(tests::nats_url()).await.unwrap();
+        let jetstream = async_nats::jetstream::new(client);
+        for _ in 0..100 {
+            if jetstream.get_stream(&stream).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    });
+    assert!(created, "the relay did not create stream {stream}");
 
     let terminated = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -176,4 +200,21 @@ fn serve_gets_ready_on_a_new_database_and_stops_on_sigterm() {
     assert!(status.success(), "{status:?}");
     let rest: Vec<String> = output.try_iter().collect();
     assert!(rest.iter().any(|l| l == "platform: stopping"), "{rest:?}");
+}
+
+/// Deletes a JetStream stream when dropped.
+struct DeleteStream(String);
+
+impl Drop for DeleteStream {
+    fn drop(&mut self) {
+        if let Ok(runtime) = tokio::runtime::Runtime::new() {
+            runtime.block_on(async {
+                if let Ok(client) = async_nats::connect(tests::nats_url()).await {
+                    let _ = async_nats::jetstream::new(client)
+                        .delete_stream(&self.0)
+                        .await;
+                }
+            });
+        }
+    }
 }
