@@ -1,0 +1,226 @@
+//! Relay benchmark: events/s from the log in PostgreSQL into a JetStream stream, against the
+//! baseline of a raw async-nats publish loop sending the same messages (same subjects,
+//! headers and bodies, read into memory first) with the same bound on acks in flight.
+//!
+//! Each round fills nothing new: the log of `BENCH_EVENTS` events is appended once; each
+//! system then publishes all of it into a fresh stream of its own (file storage, the same
+//! duplicate window), and the clock stops when the last ack arrives; the stream is checked
+//! and deleted before the next run. The systems alternate
+//! over `BENCH_ROUNDS` rounds, starting with a different one each round, and the best and
+//! median rates are printed with their ratio. At the end every stream must hold exactly
+//! positions 1..=N in order, or the benchmark exits with 1.
+//!
+//! Run with `cargo bench -p tests --bench relay`. Environment: `BENCH_EVENTS` (default
+//! 20000), `BENCH_ROUNDS` (default 3), `BENCH_IN_FLIGHT` (default 256).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use eventstore::relay::{EncodeEvent, ensure_stream, headers_of};
+use eventstore::{LogReader, ProtoEncoder, RecordedEvent, Relay, RelayConfig};
+use futures::TryStreamExt;
+use serde_json::json;
+use tests::{TestBus, TestDb};
+use uuid::Uuid;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn fill(db: &TestDb, events: usize) {
+    let store = db.store();
+    let mut tasks = Vec::new();
+    for writer in 0..16 {
+        let repository = store.repository.clone();
+        let per_writer = events / 16 + usize::from(writer < events % 16);
+        tasks.push(tokio::spawn(async move {
+            let mut written = 0;
+            while written < per_writer {
+                let count = (per_writer - written).min(10);
+                let id = format!("bench-{}", Uuid::now_v7());
+                let tenant = Uuid::now_v7();
+                let batch: Vec<_> = (0..count)
+                    .map(|i| {
+                        cqrs_es::persist::SerializedEvent::new(
+                            id.clone(),
+                            i + 1,
+                            "Ledger".to_owned(),
+                            "EntryRecorded".to_owned(),
+                            "1".to_owned(),
+                            json!({"entry": format!("{id}#{i}"), "amount": 100 + i}),
+                            json!({"actor_id": "bench", "actor_kind": "system", "tenant_id": tenant.to_string()}),
+                        )
+                    })
+                    .collect();
+                repository.append(&batch, None).await.unwrap();
+                written += count;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+async fn positions(bus: &TestBus, stream: &str) -> Vec<i64> {
+    let mut stream = bus.jetstream.get_stream(stream).await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    let mut out = Vec::new();
+    for sequence in state.first_sequence..=state.last_sequence {
+        let message = stream.get_raw_message(sequence).await.unwrap();
+        out.push(
+            message
+                .headers
+                .get("platform-position")
+                .unwrap()
+                .as_str()
+                .parse()
+                .unwrap(),
+        );
+    }
+    out
+}
+
+/// The relay, from start to the last ack of `total` events.
+async fn run_relay(db: &TestDb, bus: &TestBus, config: RelayConfig, total: i64) -> Duration {
+    sqlx::query("DELETE FROM relay_checkpoints")
+        .execute(&db.admin)
+        .await
+        .unwrap();
+    let relay = Relay::new(db.app.clone(), bus.client.clone(), config, ProtoEncoder);
+    let stats = relay.stats();
+    let started = Instant::now();
+    let task = tokio::spawn(relay.run(std::future::pending()));
+    while stats.acked_position() < total {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let elapsed = started.elapsed();
+    task.abort();
+    let _ = task.await;
+    elapsed
+}
+
+/// A raw publish loop over messages prepared in memory, with at most `in_flight` acks.
+async fn run_raw(
+    bus: &TestBus,
+    config: &RelayConfig,
+    messages: &[(String, async_nats::HeaderMap, bytes::Bytes)],
+    in_flight: usize,
+) -> Duration {
+    let context = jetstream::new(bus.client.clone());
+    ensure_stream(&context, config).await.unwrap();
+    let started = Instant::now();
+    let mut acks = VecDeque::with_capacity(in_flight);
+    for (subject, headers, body) in messages {
+        if acks.len() >= in_flight {
+            let ack: jetstream::context::PublishAckFuture = acks.pop_front().unwrap();
+            ack.await.unwrap();
+        }
+        acks.push_back(
+            context
+                .publish_with_headers(subject.clone(), headers.clone(), body.clone())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    started.elapsed()
+}
+
+#[tokio::main]
+async fn main() {
+    let total = env("BENCH_EVENTS", 20_000);
+    let rounds = env("BENCH_ROUNDS", 3).max(1);
+    let in_flight = env("BENCH_IN_FLIGHT", 256).max(1);
+    let db = TestDb::new().await;
+    let bus = TestBus::new().await;
+    fill(&db, total).await;
+    let total = total as i64;
+
+    let events: Vec<RecordedEvent> = LogReader::new(db.app.clone())
+        .read_from(1)
+        .try_collect()
+        .await
+        .unwrap();
+    let base = bus.relay_config();
+    let prepared: Vec<_> = events
+        .iter()
+        .map(|event| {
+            (
+                base.subject_of(event),
+                headers_of(event, ProtoEncoder.content_type()),
+                bytes::Bytes::from(ProtoEncoder.encode(event).unwrap()),
+            )
+        })
+        .collect();
+
+    let mut relay_rates = Vec::new();
+    let mut raw_rates = Vec::new();
+    let mut ok = true;
+    for round in 0..rounds {
+        for turn in 0..2 {
+            let system = (round + turn) % 2;
+            let config = RelayConfig {
+                stream: format!("{}_{round}_{system}", bus.stream),
+                max_in_flight: in_flight,
+                page_size: 1000,
+                ..base.clone()
+            };
+            let elapsed = if system == 0 {
+                run_relay(&db, &bus, config.clone(), total).await
+            } else {
+                run_raw(&bus, &config, &prepared, in_flight).await
+            };
+            // Every run fills a stream of its own over the same subjects: check it, then make
+            // room for the next.
+            let found = positions(&bus, &config.stream).await;
+            if found != (1..=total).collect::<Vec<_>>() {
+                eprintln!(
+                    "stream {} does not hold 1..={total} in order",
+                    config.stream
+                );
+                ok = false;
+            }
+            let _ = bus.jetstream.delete_stream(&config.stream).await;
+            let rate = total as f64 / elapsed.as_secs_f64();
+            if system == 0 {
+                relay_rates.push(rate);
+            } else {
+                raw_rates.push(rate);
+            }
+        }
+    }
+    let median = |rates: &mut Vec<f64>| {
+        rates.sort_by(f64::total_cmp);
+        rates[rates.len() / 2]
+    };
+    let best = |rates: &[f64]| rates.iter().copied().fold(0.0, f64::max);
+    let (relay_best, raw_best) = (best(&relay_rates), best(&raw_rates));
+    let (relay_median, raw_median) = (median(&mut relay_rates), median(&mut raw_rates));
+    println!("relay benchmark: {total} events, {rounds} rounds, {in_flight} acks in flight");
+    println!("system                  | median events/s | best events/s | vs raw publish (median)");
+    println!(
+        "relay (PostgreSQL->NATS) | {relay_median:>15.0} | {relay_best:>13.0} | {:>6.2}x",
+        relay_median / raw_median
+    );
+    println!(
+        "raw JetStream publish    | {raw_median:>15.0} | {raw_best:>13.0} | {:>6.2}x",
+        1.0
+    );
+    if !ok {
+        std::process::exit(1);
+    }
+}
