@@ -105,9 +105,12 @@ pub(crate) async fn create_tables<P: PgProjection>(
     projection: &P,
     schema: &str,
 ) -> Result<(), ProjectionError> {
-    sqlx::query(&format!("SET LOCAL search_path TO {}", quoted(schema)))
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(&format!(
+        "SET LOCAL search_path TO {}, public",
+        quoted(schema)
+    ))
+    .execute(&mut **tx)
+    .await?;
     sqlx::raw_sql(projection.schema_sql())
         .execute(&mut **tx)
         .await?;
@@ -309,7 +312,7 @@ pub async fn apply_batch<P: PgProjection>(
         .collect();
     if !wanted.is_empty() {
         sqlx::query(&format!(
-            "SET LOCAL search_path TO {}",
+            "SET LOCAL search_path TO {}, public",
             quoted(&schema_of(projection.name()))
         ))
         .execute(&mut *tx)
@@ -487,9 +490,12 @@ pub async fn rebuild<P: PgProjection>(
         let wanted: Vec<&RecordedEvent> = batch.iter().filter(|e| projection.wants(e)).collect();
         if !wanted.is_empty() {
             let mut tx = pool.begin().await?;
-            sqlx::query(&format!("SET LOCAL search_path TO {}", quoted(&shadow)))
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(&format!(
+                "SET LOCAL search_path TO {}, public",
+                quoted(&shadow)
+            ))
+            .execute(&mut *tx)
+            .await?;
             projection
                 .apply(&mut tx, &wanted)
                 .await
