@@ -53,12 +53,12 @@ fn help_names_every_command() {
     let output = platform().arg("--help").output().unwrap();
     assert!(output.status.success());
     let text = stdout(&output);
-    assert!(text.contains("migrate") && text.contains("serve"), "{text}");
     for command in ["migrate", "serve", "relay"] {
+        assert!(text.contains(command), "{text}");
         let output = platform().args([command, "--help"]).output().unwrap();
         assert!(output.status.success(), "{command} --help");
         assert!(
-            stdout(&output).contains("--admin-database-url"),
+            stdout(&output).contains("--database-url"),
             "{command} --help"
         );
     }

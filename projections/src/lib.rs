@@ -7,6 +7,7 @@
 //! from the log in PostgreSQL before anything else is applied. An event that keeps failing
 //! parks its projection, visibly, until an operator resumes it or skips that event.
 
+pub mod identity;
 pub mod pg;
 pub mod runner;
 
