@@ -107,3 +107,46 @@ impl RecordedEvent {
         Ok(self.canonical()?.hash(&self.links()))
     }
 }
+
+impl RecordedEvent {
+    /// The record as the bus contracts carry it (`proto::EventRecord`).
+    pub fn to_proto(&self) -> proto::EventRecord {
+        proto::EventRecord {
+            global_position: self.global_position,
+            event_id: self.event_id,
+            aggregate_type: self.aggregate_type.clone(),
+            aggregate_id: self.aggregate_id.clone(),
+            sequence: self.sequence,
+            event_type: self.event_type.clone(),
+            event_version: self.event_version.clone(),
+            tenant_id: self.tenant_id,
+            recorded_at: self.recorded_at,
+            payload: self.payload.clone(),
+            metadata: self.metadata.clone(),
+            prev_hash: self.prev_hash.0,
+            tenant_prev_hash: self.tenant_prev_hash.0,
+            hash: self.hash.0,
+        }
+    }
+}
+
+impl From<proto::EventRecord> for RecordedEvent {
+    fn from(record: proto::EventRecord) -> Self {
+        Self {
+            global_position: record.global_position,
+            event_id: record.event_id,
+            aggregate_type: record.aggregate_type,
+            aggregate_id: record.aggregate_id,
+            sequence: record.sequence,
+            event_type: record.event_type,
+            event_version: record.event_version,
+            tenant_id: record.tenant_id,
+            recorded_at: record.recorded_at,
+            payload: record.payload,
+            metadata: record.metadata,
+            prev_hash: Digest32(record.prev_hash),
+            tenant_prev_hash: Digest32(record.tenant_prev_hash),
+            hash: Digest32(record.hash),
+        }
+    }
+}

@@ -205,22 +205,7 @@ pub struct ProtoEncoder;
 impl EncodeEvent for ProtoEncoder {
     fn encode(&self, event: &RecordedEvent) -> Result<Vec<u8>, String> {
         let canonical = event.canonical_bytes().map_err(|err| err.to_string())?;
-        let record = proto::EventRecord {
-            global_position: event.global_position,
-            event_id: event.event_id,
-            aggregate_type: event.aggregate_type.clone(),
-            aggregate_id: event.aggregate_id.clone(),
-            sequence: event.sequence,
-            event_type: event.event_type.clone(),
-            event_version: event.event_version.clone(),
-            tenant_id: event.tenant_id,
-            recorded_at: event.recorded_at,
-            payload: event.payload.clone(),
-            metadata: event.metadata.clone(),
-            prev_hash: event.prev_hash.0,
-            tenant_prev_hash: event.tenant_prev_hash.0,
-            hash: event.hash.0,
-        };
+        let record = event.to_proto();
         let envelope = match EventEnvelope::from_record(record.clone(), canonical.clone()) {
             Ok(envelope) => envelope,
             Err(err) => {

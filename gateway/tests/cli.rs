@@ -207,14 +207,6 @@ struct DeleteStream(String);
 
 impl Drop for DeleteStream {
     fn drop(&mut self) {
-        if let Ok(runtime) = tokio::runtime::Runtime::new() {
-            runtime.block_on(async {
-                if let Ok(client) = async_nats::connect(tests::nats_url()).await {
-                    let _ = async_nats::jetstream::new(client)
-                        .delete_stream(&self.0)
-                        .await;
-                }
-            });
-        }
+        tests::delete_stream(self.0.clone());
     }
 }

@@ -8,7 +8,6 @@
 use std::future::Future;
 
 use eventstore::RecordedEvent;
-use futures::future::BoxFuture;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::ProjectionError;
@@ -69,16 +68,6 @@ impl From<sqlx::Error> for ApplyError {
     }
 }
 
-/// `projection.apply`, boxed: callers hold a `dyn Future + Send`, which keeps the compiler
-/// from having to prove `Send` of the projection's future for every lifetime.
-fn apply_boxed<'a, P: PgProjection>(
-    conn: &'a mut PgConnection,
-    projection: &'a P,
-    events: &'a [&'a RecordedEvent],
-) -> BoxFuture<'a, Result<(), ApplyError>> {
-    Box::pin(projection.apply(conn, events))
-}
-
 /// The schema of a projection's live tables.
 pub fn schema_of(name: &str) -> String {
     format!("rm_{name}")
@@ -111,23 +100,21 @@ pub fn check_name(name: &str) -> Result<(), ProjectionError> {
 }
 
 /// Runs `projection.schema_sql()` in `schema`, which must exist and be empty.
-pub(crate) fn create_tables<'a, P: PgProjection>(
-    tx: &'a mut Transaction<'_, Postgres>,
-    projection: &'a P,
-    schema: &'a str,
-) -> BoxFuture<'a, Result<(), ProjectionError>> {
-    let conn: &'a mut PgConnection = tx;
-    Box::pin(async move {
-        sqlx::query(&format!(
-            "SET LOCAL search_path TO {}, public",
-            quoted(schema)
-        ))
-        .execute(&mut *conn)
-        .await?;
-        // A plain string runs as a simple query, which may hold several statements.
-        sqlx::Executor::execute(&mut *conn, projection.schema_sql()).await?;
-        Ok(())
-    })
+pub(crate) async fn create_tables<P: PgProjection>(
+    tx: &mut Transaction<'_, Postgres>,
+    projection: &P,
+    schema: &str,
+) -> Result<(), ProjectionError> {
+    sqlx::query(&format!(
+        "SET LOCAL search_path TO {}, public",
+        quoted(schema)
+    ))
+    .execute(&mut **tx)
+    .await?;
+    // A plain string runs as a simple query, which may hold several statements. (`raw_sql`
+    // would too, but its future cannot be proven `Send` inside a spawned runner.)
+    sqlx::Executor::execute(&mut **tx, projection.schema_sql()).await?;
+    Ok(())
 }
 
 /// Where a projection stands.
@@ -288,18 +275,7 @@ pub enum Applied {
 
 /// Applies `events` (in position order) and moves the checkpoint, in one transaction.
 /// Events at or below the checkpoint are passed over, so a redelivered batch is harmless.
-///
-/// The future is boxed: it erases the projection's future type, which a caller spawning a
-/// runner could otherwise not prove `Send` for every lifetime.
-pub fn apply_batch<'a, P: PgProjection>(
-    pool: &'a PgPool,
-    projection: &'a P,
-    events: &'a [RecordedEvent],
-) -> BoxFuture<'a, Result<Applied, BatchError>> {
-    Box::pin(apply_batch_inner(pool, projection, events))
-}
-
-async fn apply_batch_inner<P: PgProjection>(
+pub async fn apply_batch<P: PgProjection>(
     pool: &PgPool,
     projection: &P,
     events: &[RecordedEvent],
@@ -342,7 +318,8 @@ async fn apply_batch_inner<P: PgProjection>(
         .execute(&mut *tx)
         .await
         .map_err(BatchError::store)?;
-        apply_boxed(&mut tx, projection, &wanted)
+        projection
+            .apply(&mut tx, &wanted)
             .await
             .map_err(BatchError::Apply)?;
     }
@@ -468,18 +445,7 @@ pub struct Rebuilt {
 /// in one transaction that holds the checkpoint's lock, so live batches neither interleave
 /// nor leave a gap. `progress` is called after every page with the position reached and
 /// the target.
-pub fn rebuild<'a, P: PgProjection>(
-    pool: &'a PgPool,
-    projection: &'a P,
-    reader: &'a eventstore::LogReader,
-    to: Option<i64>,
-    page: i64,
-    progress: impl FnMut(i64, i64) + Send + 'a,
-) -> BoxFuture<'a, Result<Rebuilt, ProjectionError>> {
-    Box::pin(rebuild_inner(pool, projection, reader, to, page, progress))
-}
-
-async fn rebuild_inner<P: PgProjection>(
+pub async fn rebuild<P: PgProjection>(
     pool: &PgPool,
     projection: &P,
     reader: &eventstore::LogReader,
@@ -530,7 +496,8 @@ async fn rebuild_inner<P: PgProjection>(
             ))
             .execute(&mut *tx)
             .await?;
-            apply_boxed(&mut tx, projection, &wanted)
+            projection
+                .apply(&mut tx, &wanted)
                 .await
                 .map_err(|err| ProjectionError::Rebuild {
                     name: projection.name().to_owned(),

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::{self, Message};
-use eventstore::{Digest32, LogReader, RecordedEvent};
+use eventstore::{LogReader, RecordedEvent};
 use futures::{FutureExt as _, StreamExt as _};
 use prost::Message as _;
 use proto::v1::EventEnvelope;
@@ -105,22 +105,7 @@ pub fn event_of(payload: &[u8]) -> Result<RecordedEvent, String> {
     let envelope = EventEnvelope::decode(payload).map_err(|err| err.to_string())?;
     envelope.verify_hash().map_err(|err| err.to_string())?;
     let record = envelope.to_record().map_err(|err| err.to_string())?;
-    Ok(RecordedEvent {
-        global_position: record.global_position,
-        event_id: record.event_id,
-        aggregate_type: record.aggregate_type,
-        aggregate_id: record.aggregate_id,
-        sequence: record.sequence,
-        event_type: record.event_type,
-        event_version: record.event_version,
-        tenant_id: record.tenant_id,
-        recorded_at: record.recorded_at,
-        payload: record.payload,
-        metadata: record.metadata,
-        prev_hash: Digest32(record.prev_hash),
-        tenant_prev_hash: Digest32(record.tenant_prev_hash),
-        hash: Digest32(record.hash),
-    })
+    Ok(RecordedEvent::from(record))
 }
 
 /// A runner for one PostgreSQL projection.

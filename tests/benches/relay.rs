@@ -73,25 +73,6 @@ async fn fill(db: &TestDb, events: usize) {
     }
 }
 
-async fn positions(bus: &TestBus, stream: &str) -> Vec<i64> {
-    let mut stream = bus.jetstream.get_stream(stream).await.unwrap();
-    let state = stream.info().await.unwrap().state.clone();
-    let mut out = Vec::new();
-    for sequence in state.first_sequence..=state.last_sequence {
-        let message = stream.get_raw_message(sequence).await.unwrap();
-        out.push(
-            message
-                .headers
-                .get("platform-position")
-                .unwrap()
-                .as_str()
-                .parse()
-                .unwrap(),
-        );
-    }
-    out
-}
-
 /// The relay, from start to the last ack of `total` events.
 async fn run_relay(db: &TestDb, bus: &TestBus, config: RelayConfig, total: i64) -> Duration {
     sqlx::query("DELETE FROM relay_checkpoints")
@@ -186,7 +167,7 @@ async fn main() {
             };
             // Every run fills a stream of its own over the same subjects: check it, then make
             // room for the next.
-            let found = positions(&bus, &config.stream).await;
+            let found = bus.positions(&config.stream).await;
             if found != (1..=total).collect::<Vec<_>>() {
                 eprintln!(
                     "stream {} does not hold 1..={total} in order",

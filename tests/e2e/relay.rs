@@ -36,30 +36,6 @@ async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
-/// The `platform-position` header of every message in the stream, in stream order.
-async fn stream_positions(bus: &TestBus) -> Vec<i64> {
-    let Ok(mut stream) = bus.jetstream.get_stream(&bus.stream).await else {
-        return Vec::new();
-    };
-    let state = stream.info().await.unwrap().state.clone();
-    if state.messages == 0 {
-        return Vec::new();
-    }
-    let mut positions = Vec::with_capacity(state.messages as usize);
-    for sequence in state.first_sequence..=state.last_sequence {
-        let message = stream.get_raw_message(sequence).await.unwrap();
-        let position = message
-            .headers
-            .get("platform-position")
-            .unwrap()
-            .as_str()
-            .parse()
-            .unwrap();
-        positions.push(position);
-    }
-    positions
-}
-
 async fn head(db: &TestDb) -> i64 {
     sqlx::query_scalar("SELECT position FROM log_head")
         .fetch_one(&db.app)
@@ -94,7 +70,10 @@ async fn the_relay_publishes_every_event_once_in_order_with_cloudevents_headers(
         stats.acked_position() == 300
     })
     .await;
-    assert_eq!(stream_positions(&bus).await, (1..=300).collect::<Vec<_>>());
+    assert_eq!(
+        bus.positions(&bus.stream).await,
+        (1..=300).collect::<Vec<_>>()
+    );
 
     // Appends after the relay caught up wake it (NOTIFY), and the checkpoint follows.
     fill(&db, &store, 5, 10).await;
@@ -108,7 +87,10 @@ async fn the_relay_publishes_every_event_once_in_order_with_cloudevents_headers(
             .await
             .unwrap();
     assert_eq!(checkpoint, 350);
-    assert_eq!(stream_positions(&bus).await, (1..=350).collect::<Vec<_>>());
+    assert_eq!(
+        bus.positions(&bus.stream).await,
+        (1..=350).collect::<Vec<_>>()
+    );
     relay.abort();
 
     // One message in full: its subject, its headers and its envelope.
@@ -171,7 +153,10 @@ async fn of_two_relays_one_publishes_and_the_other_takes_over_with_no_gap_or_reo
         second_stats.acked_position() == 400
     })
     .await;
-    assert_eq!(stream_positions(&bus).await, (1..=400).collect::<Vec<_>>());
+    assert_eq!(
+        bus.positions(&bus.stream).await,
+        (1..=400).collect::<Vec<_>>()
+    );
     second.abort();
 }
 
@@ -213,7 +198,10 @@ async fn a_relay_killed_again_and_again_under_load_leaves_every_event_in_the_str
         stats.acked_position() == 600
     })
     .await;
-    assert_eq!(stream_positions(&bus).await, (1..=600).collect::<Vec<_>>());
+    assert_eq!(
+        bus.positions(&bus.stream).await,
+        (1..=600).collect::<Vec<_>>()
+    );
     relay.abort();
 }
 
@@ -232,10 +220,13 @@ async fn a_deleted_stream_is_filled_again_from_the_log() {
     bus.jetstream.delete_stream(&bus.stream).await.unwrap();
     fill(&db, &store, 5, 10).await;
     eventually("the new stream holds all 150 events", async || {
-        stream_positions(&bus).await.len() == 150
+        bus.positions(&bus.stream).await.len() == 150
     })
     .await;
-    assert_eq!(stream_positions(&bus).await, (1..=150).collect::<Vec<_>>());
+    assert_eq!(
+        bus.positions(&bus.stream).await,
+        (1..=150).collect::<Vec<_>>()
+    );
     assert!(stats.terms() >= 1);
     relay.abort();
 }

@@ -209,25 +209,59 @@ impl TestBus {
     }
 }
 
+impl TestBus {
+    /// The `platform-position` header of every message in `stream`, in stream order; empty
+    /// if the stream does not exist.
+    pub async fn positions(&self, stream: &str) -> Vec<i64> {
+        let Ok(mut stream) = self.jetstream.get_stream(stream).await else {
+            return Vec::new();
+        };
+        let state = stream.info().await.expect("stream info").state.clone();
+        if state.messages == 0 {
+            return Vec::new();
+        }
+        let mut positions = Vec::with_capacity(usize::try_from(state.messages).unwrap_or(0));
+        for sequence in state.first_sequence..=state.last_sequence {
+            let message = stream
+                .get_raw_message(sequence)
+                .await
+                .expect("stream message");
+            let position = message
+                .headers
+                .get("platform-position")
+                .expect("a platform-position header")
+                .as_str()
+                .parse()
+                .expect("a numeric position");
+            positions.push(position);
+        }
+        positions
+    }
+}
+
+/// Deletes the JetStream stream `stream`, if it exists, from any context: over a
+/// connection of its own, on a thread of its own, so that it also works in `Drop` inside a
+/// runtime whose thread it would otherwise block.
+pub fn delete_stream(stream: String) {
+    let cleanup = std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            runtime.block_on(async move {
+                if let Ok(client) = async_nats::connect(nats_url()).await {
+                    let _ = async_nats::jetstream::new(client)
+                        .delete_stream(&stream)
+                        .await;
+                }
+            });
+        }
+    });
+    let _ = cleanup.join();
+}
+
 impl Drop for TestBus {
     fn drop(&mut self) {
-        let stream = self.stream.clone();
-        // Drop cannot await inside a runtime, and this connection's task may need the very
-        // thread Drop runs on: delete over a connection of its own, on a thread of its own.
-        let cleanup = std::thread::spawn(move || {
-            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                runtime.block_on(async move {
-                    if let Ok(client) = async_nats::connect(nats_url()).await {
-                        let _ = async_nats::jetstream::new(client)
-                            .delete_stream(&stream)
-                            .await;
-                    }
-                });
-            }
-        });
-        let _ = cleanup.join();
+        delete_stream(self.stream.clone());
     }
 }

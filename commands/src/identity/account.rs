@@ -17,10 +17,10 @@ use domain::personal::{PersonalData, SubjectId};
 use uuid::Uuid;
 
 use super::flows::{
-    Refused, actor_principal, authorize, refused, subject_of, token, verify_password,
+    Refused, actor_principal, authorize, parse_tenant, refused, subject_of, token, verify_password,
 };
 use super::{Identity, IdentityError};
-use crate::bus::{self, Command, CommandError, EventLog, UnitOfWork};
+use crate::bus::{Command, CommandError, EventLog, UnitOfWork};
 use crate::metadata::CommandMetadata;
 use crate::privacy::{self, SubjectKeys};
 use crate::security::api_key::ApiKeySecret;
@@ -106,10 +106,8 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         A::Error: Refusal,
     {
         let act = Act::<A> { id, command };
-        let (events, committed) = bus::run(&self.log, metadata, &act)
-            .await
-            .map_err(IdentityError::from)?;
-        Ok((events, committed.map(|c| c.last_position)))
+        let (events, position) = self.execute(metadata, &act).await?;
+        Ok((events, position))
     }
 
     pub(crate) async fn load_user(
@@ -359,10 +357,8 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
             now: self.clock.now(),
         };
         let metadata = &self.sealed(metadata, subject).await?;
-        let ((), committed) = bus::run(&self.log, metadata, &command)
-            .await
-            .map_err(IdentityError::from)?;
-        Ok((verification, committed.map(|c| c.last_position)))
+        let ((), position) = self.execute(metadata, &command).await?;
+        Ok((verification, position))
     }
 
     /// Creates an API key in a tenant for the acting principal, with scopes within the
@@ -375,9 +371,7 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         scopes: &[&str],
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<(ApiKeyCreated, Option<i64>), IdentityError> {
-        let tenant_id: TenantId = tenant
-            .parse()
-            .map_err(|err| IdentityError::bad_input("tenantId", err))?;
+        let tenant_id = parse_tenant(tenant)?;
         let scopes = scopes
             .iter()
             .map(|scope| scope.parse::<Permission>())
@@ -399,16 +393,14 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
             expires_at,
             now: self.clock.now(),
         };
-        let ((), committed) = bus::run(&self.log, metadata, &command)
-            .await
-            .map_err(IdentityError::from)?;
+        let ((), position) = self.execute(metadata, &command).await?;
         Ok((
             ApiKeyCreated {
                 key_id,
                 display_prefix: secret.display_prefix(),
                 key: secret.as_str().to_owned(),
             },
-            committed.map(|c| c.last_position),
+            position,
         ))
     }
 
@@ -419,9 +411,7 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         tenant: &str,
         key: &str,
     ) -> Result<Option<i64>, IdentityError> {
-        let tenant_id: TenantId = tenant
-            .parse()
-            .map_err(|err| IdentityError::bad_input("tenantId", err))?;
+        let tenant_id = parse_tenant(tenant)?;
         let key_id: ApiKeyId = key
             .parse()
             .map_err(|err| IdentityError::bad_input("keyId", err))?;
@@ -433,10 +423,8 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
             key_id,
             now: self.clock.now(),
         };
-        let ((), committed) = bus::run(&self.log, metadata, &command)
-            .await
-            .map_err(IdentityError::from)?;
-        Ok(committed.map(|c| c.last_position))
+        let ((), position) = self.execute(metadata, &command).await?;
+        Ok(position)
     }
 }
 

@@ -97,7 +97,7 @@ pub fn hash_token(token: &str) -> SecretHash {
     SecretHash::from_bytes(Sha256::digest(token.trim().as_bytes()).into())
 }
 
-fn parse_tenant(text: &str) -> Result<TenantId, IdentityError> {
+pub(crate) fn parse_tenant(text: &str) -> Result<TenantId, IdentityError> {
     text.parse()
         .map_err(|err| IdentityError::bad_input("tenantId", err))
 }

@@ -21,9 +21,12 @@ use domain::identity::values::{ServiceAccountId, TenantId};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use super::flows::{Refused, actor_principal, authorize, hash_token, refused, subject_of, token};
+use super::flows::{
+    Refused, actor_principal, authorize, hash_token, parse_tenant, refused, subject_of, token,
+};
+use super::membership::parse_roles;
 use super::{Identity, IdentityError};
-use crate::bus::{self, Command, CommandError, EventLog, UnitOfWork};
+use crate::bus::{Command, CommandError, EventLog, UnitOfWork};
 use crate::metadata::CommandMetadata;
 use crate::privacy::SubjectKeys;
 
@@ -91,11 +94,6 @@ impl AccountOp {
     }
 }
 
-fn parse_tenant(text: &str) -> Result<TenantId, IdentityError> {
-    text.parse()
-        .map_err(|err| IdentityError::bad_input("tenantId", err))
-}
-
 fn parse_account(text: &str) -> Result<ServiceAccountId, IdentityError> {
     text.parse()
         .map_err(|err| IdentityError::bad_input("serviceAccountId", err))
@@ -128,17 +126,7 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         roles: &[&str],
     ) -> Result<(ServiceAccountId, Option<i64>), IdentityError> {
         let tenant_id = parse_tenant(tenant)?;
-        let roles = roles
-            .iter()
-            .map(|role| RoleRef::parse(role))
-            .collect::<Result<BTreeSet<_>, _>>()
-            .map_err(|err| IdentityError::bad_input("roles", err))?;
-        if roles.is_empty() {
-            return Err(IdentityError::bad_input(
-                "roles",
-                "a service account needs at least one role",
-            ));
-        }
+        let roles = parse_roles(roles)?;
         let actor = actor_principal(metadata)?;
         let account_id = ServiceAccountId::from_uuid(Uuid::now_v7());
         let metadata = &self.sealed(metadata, subject_of(actor)).await?;
@@ -150,10 +138,8 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
             roles,
             now: self.clock.now(),
         };
-        let ((), committed) = bus::run(&self.log, metadata, &command)
-            .await
-            .map_err(IdentityError::from)?;
-        Ok((account_id, committed.map(|c| c.last_position)))
+        let ((), position) = self.execute(metadata, &command).await?;
+        Ok((account_id, position))
     }
 
     async fn account_op(
@@ -174,10 +160,8 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
             op,
             now: self.clock.now(),
         };
-        let ((), committed) = bus::run(&self.log, metadata, &command)
-            .await
-            .map_err(IdentityError::from)?;
-        Ok(committed.map(|c| c.last_position))
+        let ((), position) = self.execute(metadata, &command).await?;
+        Ok(position)
     }
 
     /// Renames a service account. Needs `service_accounts:manage`.

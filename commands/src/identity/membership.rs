@@ -18,11 +18,11 @@ use uuid::Uuid;
 
 use super::account::signed_in_user;
 use super::flows::{
-    Refused, actor_principal, authorize, hash_password, hash_token, refused, subject_of, token,
-    verify_password,
+    Refused, actor_principal, authorize, hash_password, hash_token, parse_tenant, refused,
+    subject_of, token, verify_password,
 };
 use super::{Identity, IdentityError};
-use crate::bus::{self, Command, CommandError, EventLog, UnitOfWork};
+use crate::bus::{Command, CommandError, EventLog, UnitOfWork};
 use crate::metadata::CommandMetadata;
 use crate::privacy::{self, SubjectKeys};
 
@@ -118,6 +118,19 @@ fn parse_role(text: &str) -> Result<RoleRef, IdentityError> {
     RoleRef::parse(text).map_err(|err| IdentityError::bad_input("role", err))
 }
 
+/// The roles granted with a new membership: at least one, each a valid role name.
+pub(crate) fn parse_roles(roles: &[&str]) -> Result<BTreeSet<RoleRef>, IdentityError> {
+    let roles = roles
+        .iter()
+        .map(|role| RoleRef::parse(role))
+        .collect::<Result<BTreeSet<_>, _>>()
+        .map_err(|err| IdentityError::bad_input("roles", err))?;
+    if roles.is_empty() {
+        return Err(IdentityError::bad_input("roles", "give at least one role"));
+    }
+    Ok(roles)
+}
+
 /// An invitation to show the invitee once (it is sent by email).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invited {
@@ -134,9 +147,7 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         tenant: &str,
         op: TenantOp,
     ) -> Result<Option<i64>, IdentityError> {
-        let tenant_id: TenantId = tenant
-            .parse()
-            .map_err(|err| IdentityError::bad_input("tenantId", err))?;
+        let tenant_id = parse_tenant(tenant)?;
         let actor = actor_principal(metadata)?;
         let metadata = &self.sealed(metadata, subject_of(actor)).await?;
         let command = TenantAdmin {
@@ -145,10 +156,8 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
             op,
             now: self.clock.now(),
         };
-        let ((), committed) = bus::run(&self.log, metadata, &command)
-            .await
-            .map_err(IdentityError::from)?;
-        Ok(committed.map(|c| c.last_position))
+        let ((), position) = self.execute(metadata, &command).await?;
+        Ok(position)
     }
 
     /// Renames a tenant. Needs `tenants:update`.
@@ -274,17 +283,9 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         principal: &str,
         roles: &[&str],
     ) -> Result<Option<i64>, IdentityError> {
-        let tenant_id: TenantId = tenant
-            .parse()
-            .map_err(|err| IdentityError::bad_input("tenantId", err))?;
+        let tenant_id = parse_tenant(tenant)?;
         let principal = parse_principal(principal)?;
-        let roles = roles
-            .iter()
-            .map(|role| parse_role(role))
-            .collect::<Result<BTreeSet<_>, _>>()?;
-        if roles.is_empty() {
-            return Err(IdentityError::bad_input("roles", "give at least one role"));
-        }
+        let roles = parse_roles(roles)?;
         let actor = actor_principal(metadata)?;
         let metadata = &self.sealed(metadata, subject_of(actor)).await?;
         let command = AddMember {
@@ -294,10 +295,8 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
             roles,
             now: self.clock.now(),
         };
-        let ((), committed) = bus::run(&self.log, metadata, &command)
-            .await
-            .map_err(IdentityError::from)?;
-        Ok(committed.map(|c| c.last_position))
+        let ((), position) = self.execute(metadata, &command).await?;
+        Ok(position)
     }
 
     /// Invites a person into a tenant with roles. Needs `users:invite` and every permission
@@ -309,9 +308,7 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         email: &str,
         roles: &[&str],
     ) -> Result<(Invited, Option<i64>), IdentityError> {
-        let tenant_id: TenantId = tenant
-            .parse()
-            .map_err(|err| IdentityError::bad_input("tenantId", err))?;
+        let tenant_id = parse_tenant(tenant)?;
         let email =
             Email::parse(email).map_err(|err| IdentityError::bad_input("email", err.problem))?;
         let roles = roles
@@ -346,15 +343,13 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
             expires_at: now + self.lifetimes.invitation,
             now,
         };
-        let ((), committed) = bus::run(&self.log, metadata, &command)
-            .await
-            .map_err(IdentityError::from)?;
+        let ((), position) = self.execute(metadata, &command).await?;
         Ok((
             Invited {
                 user_id,
                 invitation_token: token,
             },
-            committed.map(|c| c.last_position),
+            position,
         ))
     }
 
@@ -552,9 +547,7 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         tenant: &str,
         user: &str,
     ) -> Result<Option<i64>, IdentityError> {
-        let tenant_id: TenantId = tenant
-            .parse()
-            .map_err(|err| IdentityError::bad_input("tenantId", err))?;
+        let tenant_id = parse_tenant(tenant)?;
         let user_id: UserId = user
             .parse()
             .map_err(|err| IdentityError::bad_input("userId", err))?;
@@ -568,10 +561,8 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
             user_id,
             now: self.clock.now(),
         };
-        let ((), committed) = bus::run(&self.log, metadata, &command)
-            .await
-            .map_err(IdentityError::from)?;
-        Ok(committed.map(|c| c.last_position))
+        let ((), position) = self.execute(metadata, &command).await?;
+        Ok(position)
     }
 }
 

@@ -106,6 +106,25 @@ impl<L, K> Identity<L, K> {
     }
 }
 
+impl<L: crate::bus::EventLog, K> Identity<L, K> {
+    /// Runs `command` in a unit of work (retrying on a concurrent change); returns its
+    /// output and the global position of its last event, for read-your-writes.
+    pub(crate) async fn execute<C>(
+        &self,
+        metadata: &crate::metadata::CommandMetadata,
+        command: &C,
+    ) -> Result<(C::Output, Option<i64>), IdentityError>
+    where
+        C: crate::bus::Command<L>,
+        C::Error: Refusal,
+    {
+        let (output, committed) = crate::bus::run(&self.log, metadata, command)
+            .await
+            .map_err(IdentityError::from)?;
+        Ok((output, committed.map(|c| c.last_position)))
+    }
+}
+
 /// Why an identity command was not carried out. Every variant maps onto a GraphQL
 /// `extensions.code` through [`IdentityError::kind`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
