@@ -18,7 +18,9 @@ use std::future::Future;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::SerializedEvent;
 use cqrs_es::{Aggregate, DomainEvent};
+use domain::Tenanted;
 use serde_json::Value;
+use uuid::Uuid;
 
 use crate::metadata::CommandMetadata;
 
@@ -139,6 +141,9 @@ pub struct UnitOfWork<'a, L: EventLog> {
     metadata: Value,
     /// Set when the metadata carries a client IP that was not sealed: nothing is committed.
     unsealed_ip: bool,
+    /// The tenant every event of the unit is recorded under: the metadata's, or else the
+    /// one the aggregates name.
+    tenant: Option<Uuid>,
     /// Pending events per aggregate, in the order aggregates first decided something.
     pending: Vec<Vec<SerializedEvent>>,
     slots: HashMap<(String, String), usize>,
@@ -159,6 +164,7 @@ impl<'a, L: EventLog> UnitOfWork<'a, L> {
                 metadata.client_ip,
                 Some(crate::metadata::ClientIp::Plain(_))
             ),
+            tenant: metadata.tenant_id,
             pending: Vec::new(),
             slots: HashMap::new(),
         }
@@ -190,7 +196,11 @@ impl<'a, L: EventLog> UnitOfWork<'a, L> {
 
     /// Lets the aggregate decide `command`. Its events are applied to the loaded state and
     /// kept for the commit; a refusal keeps nothing.
-    pub async fn handle<A: Aggregate + Clone>(
+    ///
+    /// Every event of the unit is recorded in the chain of the tenant the aggregates belong
+    /// to. A command whose metadata names another tenant, or that would write to the
+    /// aggregates of two tenants, is refused as bad input and decides nothing.
+    pub async fn handle<A: Aggregate + Clone + Tenanted>(
         &mut self,
         aggregate: &mut Loaded<A>,
         command: A::Command,
@@ -203,6 +213,21 @@ impl<'a, L: EventLog> UnitOfWork<'a, L> {
             .await
             .map_err(CommandError::Refused)?;
         let events = sink.collect().await;
+        if !events.is_empty()
+            && let Some(owner) = state.tenant_uuid()
+        {
+            match self.tenant {
+                None => self.tenant = Some(owner),
+                Some(tenant) if tenant == owner => {}
+                Some(tenant) => {
+                    return Err(CommandError::BadInput(format!(
+                        "{}/{} belongs to tenant {owner}, not to tenant {tenant} that this command acts in",
+                        A::TYPE,
+                        aggregate.id
+                    )));
+                }
+            }
+        }
         let key = (A::TYPE.to_owned(), aggregate.id.clone());
         let slot = match self.slots.get(&key) {
             Some(&slot) => slot,
@@ -252,10 +277,21 @@ impl<'a, L: EventLog> UnitOfWork<'a, L> {
                 "the client IP must be sealed as personal data before events are written".into(),
             ));
         }
+        let tenant = self.tenant.map(|tenant| Value::String(tenant.to_string()));
         let writes: Vec<Vec<SerializedEvent>> = self
             .pending
             .into_iter()
             .filter(|events| !events.is_empty())
+            .map(|mut events| {
+                if let Some(tenant) = &tenant {
+                    for event in &mut events {
+                        if let Value::Object(map) = &mut event.metadata {
+                            map.insert(crate::metadata::TENANT_ID.to_owned(), tenant.clone());
+                        }
+                    }
+                }
+                events
+            })
             .collect();
         if writes.is_empty() {
             return Ok(None);

@@ -76,6 +76,14 @@ impl DomainEvent for IdempotencyEvent {
 #[error("this idempotency key was already used")]
 pub struct AlreadyRecorded;
 
+/// A record belongs to no tenant of its own: it is written in the unit of the command it
+/// records, under that command's tenant.
+impl domain::Tenanted for IdempotencyRecord {
+    fn tenant_uuid(&self) -> Option<uuid::Uuid> {
+        None
+    }
+}
+
 impl Aggregate for IdempotencyRecord {
     const TYPE: &'static str = "IdempotencyRecord";
     type Command = Record;

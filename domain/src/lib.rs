@@ -11,6 +11,8 @@ pub mod actor;
 pub mod identity;
 pub mod personal;
 pub mod refusal;
+pub mod tenancy;
 
 pub use actor::ActorKind;
 pub use refusal::{Refusal, RefusalKind};
+pub use tenancy::Tenanted;

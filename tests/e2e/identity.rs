@@ -15,6 +15,7 @@ use domain::ActorKind;
 use domain::personal::PersonalData;
 use eventstore::{EventRepository, PgSubjectKeys};
 use tests::TestDb;
+use uuid::Uuid;
 
 /// A clock the test moves by hand.
 #[derive(Debug)]
@@ -147,6 +148,65 @@ async fn a_tenant_starts_with_its_owner_who_can_log_in_and_rotate_tokens() {
         }) => {}
         other => panic!("expected a revoked session, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_land_in_their_aggregates_tenant_chain_and_a_command_naming_another_tenant_writes_nothing()
+ {
+    let db = TestDb::new().await;
+    let f = fixture(&db);
+    let (tenant, _) = new_tenant(&f).await;
+    let (login, _) = f
+        .identity
+        .login(&anonymous(), &tenant, "ada@example.org", OWNER_PASSWORD)
+        .await
+        .unwrap();
+    let session = login.session_id.to_string();
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+
+    // A refresh whose caller claims another tenant touches a session of this one.
+    let elsewhere = CommandMetadata::new("anonymous", ActorKind::Anonymous, Some(Uuid::now_v7()));
+    match f
+        .identity
+        .refresh(&elsewhere, &session, &login.refresh_token)
+        .await
+    {
+        Err(IdentityError::BadInput { message, .. }) => {
+            assert!(message.contains("belongs to tenant"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+    assert_eq!(before, after, "a refused command wrote events");
+
+    // Named by nobody, the refresh is recorded in the session's tenant chain.
+    let (_, position) = f
+        .identity
+        .refresh(&anonymous(), &session, &login.refresh_token)
+        .await
+        .unwrap();
+    let tenant_of_refresh: Option<Uuid> =
+        sqlx::query_scalar("SELECT tenant_id FROM events WHERE global_position = $1")
+            .bind(position.unwrap())
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+    assert_eq!(tenant_of_refresh.map(|t| t.to_string()), Some(tenant));
+    let platform_level: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE tenant_id IS NULL")
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+    assert_eq!(
+        platform_level, 0,
+        "an identity event was recorded outside every tenant"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

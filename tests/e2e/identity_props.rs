@@ -1141,6 +1141,23 @@ fn no_stored_row_ever_holds_a_plaintext_address_name_password_token_key_or_ip() 
                     story.plaintext.extend(ip.map(|ip| ip.to_string()));
                     story.run(flow, *ip).await?;
                 }
+                // Every event of the tenant's flows is recorded in the tenant's own chain,
+                // including those of flows whose caller named no tenant (refresh, logout).
+                let strays: Vec<(i64, String, Option<uuid::Uuid>)> = sqlx::query_as(
+                    "SELECT global_position, aggregate_type || '.' || event_type, tenant_id
+                       FROM events
+                      WHERE global_position > $1 AND tenant_id IS DISTINCT FROM $2::uuid",
+                )
+                .bind(start)
+                .bind(&story.tenant)
+                .fetch_all(&db.app)
+                .await
+                .map_err(|err| TestCaseError::fail(err.to_string()))?;
+                if !strays.is_empty() {
+                    return Err(TestCaseError::fail(format!(
+                        "events outside the tenant's chain: {strays:?}"
+                    )));
+                }
                 let rows = stored_since(db, start).await;
                 for value in &story.plaintext {
                     let value = value.to_lowercase();

@@ -112,6 +112,13 @@ impl fmt::Display for WalletError {
 
 impl std::error::Error for WalletError {}
 
+/// A wallet belongs to whichever tenant the command's metadata names.
+impl domain::Tenanted for Wallet {
+    fn tenant_uuid(&self) -> Option<uuid::Uuid> {
+        None
+    }
+}
+
 impl Aggregate for Wallet {
     const TYPE: &'static str = "Wallet";
     type Command = WalletCommand;

@@ -35,7 +35,7 @@ struct Act<A: Aggregate> {
 impl<L, A> Command<L> for Act<A>
 where
     L: EventLog,
-    A: Aggregate<Services = ()> + Clone,
+    A: Aggregate<Services = ()> + Clone + domain::Tenanted,
     A::Command: Clone + Sync + Send,
     A::Error: Refusal,
 {
@@ -100,7 +100,7 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         command: A::Command,
     ) -> Result<(Vec<A::Event>, Option<i64>), IdentityError>
     where
-        A: Aggregate<Services = ()> + Clone,
+        A: Aggregate<Services = ()> + Clone + domain::Tenanted,
         A::Command: Clone + Sync + Send,
         A::Event: Send,
         A::Error: Refusal,

@@ -145,6 +145,11 @@ pub struct EmailClaim {
 }
 
 impl EmailClaim {
+    /// The tenant whose address this is, once claimed.
+    pub fn tenant(&self) -> Option<TenantId> {
+        self.tenant_id
+    }
+
     /// The user holding the address, if any.
     pub fn holder(&self) -> Option<UserId> {
         self.holder
