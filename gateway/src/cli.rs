@@ -24,6 +24,88 @@ pub enum Command {
     /// Run only the relay, which publishes the event log to NATS JetStream in order. Start
     /// several: one leads, the others stand by and take over when it stops.
     Relay(RelayArgs),
+    /// Run the projection workers, which build the read models from the bus, until
+    /// interrupted. Each follows its own durable consumer and heals gaps from the log.
+    Project(ProjectArgs),
+    /// Rebuild read models from the event log into shadow tables, then swap them in. Live
+    /// workers carry on from where the rebuild stopped.
+    Replay(ReplayArgs),
+    /// Show where each projection stands, or resume or skip a parked one.
+    Projections(ProjectionsArgs),
+}
+
+/// What `project` runs and connects to.
+#[derive(Debug, Clone, Args)]
+pub struct ProjectArgs {
+    /// The bus the workers follow.
+    #[command(flatten)]
+    pub bus: RelayArgs,
+
+    /// A projection to run (repeat for several); every projection when absent.
+    #[arg(long = "projection", value_name = "NAME")]
+    pub projections: Vec<String>,
+}
+
+/// What `replay` rebuilds.
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// PostgreSQL URL of the application role.
+    #[arg(
+        long,
+        env = "PLATFORM_DATABASE_URL",
+        default_value = "postgres://platform_app@127.0.0.1:5432/platform"
+    )]
+    pub database_url: String,
+
+    /// The projection to rebuild; every projection when absent.
+    #[arg(long, value_name = "NAME")]
+    pub projection: Option<String>,
+
+    /// Rebuild through this global position instead of the head of the log.
+    #[arg(long, value_name = "N")]
+    pub to_position: Option<i64>,
+}
+
+/// `projections` and what it does.
+#[derive(Debug, Clone, Args)]
+pub struct ProjectionsArgs {
+    /// PostgreSQL URL of the application role.
+    #[arg(
+        long,
+        env = "PLATFORM_DATABASE_URL",
+        default_value = "postgres://platform_app@127.0.0.1:5432/platform",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ProjectionsCommand,
+}
+
+/// The operator's commands for projections.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Every projection's version, position, lag behind the log, and whether it is parked
+    /// (with the event and its error); then the events ever skipped.
+    Status,
+    /// Resume a parked projection after a fix: it tries the parked event again.
+    Resume {
+        /// The projection.
+        name: String,
+    },
+    /// Skip, for good, the event a projection is parked on, and resume it. The skip is
+    /// recorded with who asked and the event's error.
+    Skip {
+        /// The projection.
+        name: String,
+        /// The global position of the parked event: only that one can be skipped.
+        #[arg(long)]
+        position: i64,
+        /// Who is skipping it, for the record.
+        #[arg(long, env = "USER", default_value = "operator")]
+        by: String,
+    },
 }
 
 /// What `relay` connects to.

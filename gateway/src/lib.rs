@@ -7,4 +7,5 @@
 //! no configuration at all. Only this crate knows HTTP and GraphQL.
 
 pub mod cli;
+pub mod operate;
 pub mod serve;

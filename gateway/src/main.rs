@@ -22,6 +22,9 @@ async fn main() -> ExitCode {
         Command::Migrate(args) => gateway::serve::migrate(&args).await,
         Command::Serve(args) => gateway::serve::serve(&args).await,
         Command::Relay(args) => gateway::serve::relay(&args).await,
+        Command::Project(args) => gateway::operate::project(&args).await,
+        Command::Replay(args) => gateway::operate::replay(&args).await,
+        Command::Projections(args) => gateway::operate::projections(&args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

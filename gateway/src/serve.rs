@@ -1,4 +1,5 @@
-//! `platform migrate`, `platform serve` and `platform relay`.
+//! `platform migrate`, `platform serve` and `platform relay`, and what every role shares:
+//! connections, tasks that stop on request, and the CLI's own output.
 
 use std::time::Duration;
 
@@ -54,10 +55,20 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
 
     let (appender, task) = Appender::spawn(pool.clone(), AppenderConfig::default());
     let relay = start_relay(&pool, &args.nats_url, &args.nats_prefix).await?;
+    let workers = crate::operate::start_projections(
+        &pool,
+        &args.nats_url,
+        &args.nats_prefix,
+        &crate::operate::CATALOG,
+    )
+    .await?;
     say("platform: ready; press Ctrl-C to stop");
 
     shutdown_signal().await;
     say("platform: stopping");
+    for worker in workers {
+        worker.stop().await;
+    }
     relay.stop().await;
     drop(appender);
     task.join().await;
@@ -102,22 +113,48 @@ pub fn stream_name(prefix: &str) -> String {
     format!("{upper}_EVENTS")
 }
 
-/// A relay running on a task of its own.
-struct RunningRelay {
+/// A role (the relay, a projection worker) running on a task of its own until stopped.
+pub(crate) struct Running {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl RunningRelay {
-    async fn stop(self) {
+impl Running {
+    /// Spawns `run`, handing it a future that completes when [`Running::stop`] is called
+    /// (or the handle is dropped).
+    pub(crate) fn spawn<F>(run: impl FnOnce(Stopped) -> F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(Box::pin(async move {
+            let _ = stopped.await;
+        })));
+        Self { stop, task }
+    }
+
+    /// Asks the role to stop and waits until it has.
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(());
         if let Err(err) = self.task.await {
-            tracing::error!("the relay task ended abnormally: {err}");
+            tracing::error!("a task ended abnormally: {err}");
         }
     }
 }
 
-async fn start_relay(pool: &PgPool, nats_url: &str, prefix: &str) -> Result<RunningRelay> {
+/// Completes when a role is asked to stop.
+pub(crate) type Stopped = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Connects to NATS, saying how to start it when it is not there.
+pub(crate) async fn connect_nats(url: &str) -> Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .connection_timeout(CONNECT_TIMEOUT)
+        .connect(url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {url}; {SERVICES_HINT}"))
+}
+
+async fn start_relay(pool: &PgPool, nats_url: &str, prefix: &str) -> Result<Running> {
     anyhow::ensure!(
         !prefix.is_empty()
             && prefix
@@ -125,11 +162,7 @@ async fn start_relay(pool: &PgPool, nats_url: &str, prefix: &str) -> Result<Runn
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
         "--nats-prefix `{prefix}` must be letters, digits, `_` or `-`: it is one subject token"
     );
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(CONNECT_TIMEOUT)
-        .connect(nats_url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {nats_url}; {SERVICES_HINT}"))?;
+    let client = connect_nats(nats_url).await?;
     let config = RelayConfig {
         subject_prefix: prefix.to_owned(),
         stream: stream_name(prefix),
@@ -141,11 +174,7 @@ async fn start_relay(pool: &PgPool, nats_url: &str, prefix: &str) -> Result<Runn
         config.all_subjects()
     ));
     let relay = Relay::new(pool.clone(), client, config, ProtoEncoder);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(relay.run(async move {
-        let _ = stopped.await;
-    }));
-    Ok(RunningRelay { stop, task })
+    Ok(Running::spawn(move |stopped| relay.run(stopped)))
 }
 
 /// Creates the database named in the owner's URL if it does not exist, and says so.
@@ -195,7 +224,7 @@ async fn applied_count(pool: &PgPool) -> usize {
         .map_or(0, |n| usize::try_from(n).unwrap_or(0))
 }
 
-async fn app_pool(url: &str) -> Result<PgPool> {
+pub(crate) async fn app_pool(url: &str) -> Result<PgPool> {
     // A session whose client vanished mid-transaction could hold the log head's lock until
     // TCP noticed; the server ends such a session after a minute instead.
     let app =
@@ -237,12 +266,8 @@ fn describe(options: &PgConnectOptions) -> String {
 }
 
 /// Connects to NATS and checks that the server has JetStream. Returns the server version.
-async fn check_nats(url: &str) -> Result<String> {
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(CONNECT_TIMEOUT)
-        .connect(url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {url}; {SERVICES_HINT}"))?;
+pub(crate) async fn check_nats(url: &str) -> Result<String> {
+    let client = connect_nats(url).await?;
     let info = client.server_info();
     client.drain().await.ok();
     anyhow::ensure!(
@@ -270,7 +295,7 @@ async fn check_redis(url: &str) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -294,7 +319,7 @@ async fn shutdown_signal() {
 
 /// A line of the CLI's own output.
 #[allow(clippy::print_stdout)]
-fn say(line: &str) {
+pub(crate) fn say(line: &str) {
     println!("{line}");
 }
 

@@ -53,7 +53,14 @@ fn help_names_every_command() {
     let output = platform().arg("--help").output().unwrap();
     assert!(output.status.success());
     let text = stdout(&output);
-    for command in ["migrate", "serve", "relay"] {
+    for command in [
+        "migrate",
+        "serve",
+        "relay",
+        "project",
+        "replay",
+        "projections",
+    ] {
         assert!(text.contains(command), "{text}");
         let output = platform().args([command, "--help"]).output().unwrap();
         assert!(output.status.success(), "{command} --help");
@@ -209,4 +216,246 @@ impl Drop for DeleteStream {
     fn drop(&mut self) {
         tests::delete_stream(self.0.clone());
     }
+}
+
+/// A database migrated by the test support, with a few tenants written through the identity
+/// commands, and the application role's URL for the binary.
+struct Populated {
+    runtime: tokio::runtime::Runtime,
+    db: tests::TestDb,
+    app_url: String,
+    head: i64,
+}
+
+fn populated(tenants: usize) -> Populated {
+    use commands::identity::{Identity, SystemClock};
+    use commands::privacy::MasterKey;
+    use commands::security::password::Argon2id;
+    use domain::ActorKind;
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (db, head) = runtime.block_on(async {
+        let db = tests::TestDb::new().await;
+        let store = db.store();
+        let master = MasterKey::from_bytes([7; 32]);
+        let identity = Identity::new(
+            store.repository.clone(),
+            eventstore::PgSubjectKeys::new(db.app.clone(), master.key_wrapping_key()),
+            std::sync::Arc::new(Argon2id::owasp()),
+            &master,
+            std::sync::Arc::new(SystemClock),
+        );
+        let anonymous = commands::CommandMetadata::new("anonymous", ActorKind::Anonymous, None);
+        let mut head = 0;
+        for n in 0..tenants {
+            let (_, position) = identity
+                .create_tenant(
+                    &anonymous,
+                    &format!("Tenant {n}"),
+                    "free",
+                    &format!("owner{n}@example.org"),
+                    "Owner",
+                    "a long enough password",
+                )
+                .await
+                .unwrap();
+            head = position.unwrap();
+        }
+        (db, head)
+    });
+    let server: PgConnectOptions = tests::admin_url().parse().unwrap();
+    let app_url = format!(
+        "postgres://platform_app@{}:{}/{}",
+        server.get_host(),
+        server.get_port(),
+        db.name
+    );
+    Populated {
+        runtime,
+        db,
+        app_url,
+        head,
+    }
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn replay_rebuilds_a_read_model_through_a_position_and_refuses_what_is_not_there() {
+    let p = populated(3);
+    let tenants = |p: &Populated| -> i64 {
+        p.runtime.block_on(async {
+            sqlx::query_scalar("SELECT count(*) FROM rm_identity.tenants")
+                .fetch_one(&p.db.admin)
+                .await
+                .unwrap()
+        })
+    };
+
+    let output = platform()
+        .args(["replay", "--database-url", &p.app_url])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains(&format!(
+            "replay identity: {} events read, the model stands at position {}",
+            p.head, p.head
+        )),
+        "{text}"
+    );
+    assert_eq!(tenants(&p), 3);
+
+    // Through the first tenant's last event only: the model holds exactly one tenant.
+    let first_tenant_end: i64 = p.runtime.block_on(async {
+        sqlx::query_scalar(
+            "SELECT max(global_position) FROM events
+              WHERE tenant_id = (SELECT tenant_id FROM events ORDER BY global_position LIMIT 1)",
+        )
+        .fetch_one(&p.db.admin)
+        .await
+        .unwrap()
+    });
+    let output = platform()
+        .args([
+            "replay",
+            "--database-url",
+            &p.app_url,
+            "--projection",
+            "identity",
+        ])
+        .args(["--to-position", &first_tenant_end.to_string()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(tenants(&p), 1);
+    let status = platform()
+        .args(["projections", "status", "--database-url", &p.app_url])
+        .output()
+        .unwrap();
+    let text = stdout(&status);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("identity"))
+        .unwrap_or_default();
+    let columns: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        columns,
+        [
+            "identity",
+            "1",
+            &first_tenant_end.to_string(),
+            &(p.head - first_tenant_end).to_string(),
+            "running"
+        ],
+        "{text}"
+    );
+
+    let output = platform()
+        .args(["replay", "--database-url", &p.app_url, "--to-position"])
+        .arg((p.head + 1).to_string())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("--to-position"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = platform()
+        .args([
+            "replay",
+            "--database-url",
+            &p.app_url,
+            "--projection",
+            "nonesuch",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(
+        text.contains("there is no projection `nonesuch`") && text.contains("identity"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_operator_sees_a_parked_projection_and_skips_only_its_parked_event_on_the_record() {
+    let p = populated(1);
+    let run = |args: &[&str]| {
+        platform()
+            .args(["projections", "--database-url", &p.app_url])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let output = run(&["status"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("not set up yet"),
+        "{}",
+        stdout(&output)
+    );
+
+    p.runtime.block_on(async {
+        projections::pg::setup(&p.db.app, &projections::identity::IdentityModel)
+            .await
+            .unwrap();
+        projections::pg::park(&p.db.app, "identity", 2, "payload does not decode")
+            .await
+            .unwrap();
+    });
+    let text = stdout(&run(&["status"]));
+    assert!(
+        text.contains("parked on the event at position 2")
+            && text.contains("payload does not decode"),
+        "{text}"
+    );
+    assert!(
+        text.contains("platform projections skip identity --position 2"),
+        "{text}"
+    );
+
+    let wrong = run(&[
+        "skip",
+        "identity",
+        "--position",
+        "3",
+        "--by",
+        "ops@example.org",
+    ]);
+    assert!(!wrong.status.success());
+    assert!(
+        stderr(&wrong).contains("not parked at position 3"),
+        "{}",
+        stderr(&wrong)
+    );
+
+    let skipped = run(&[
+        "skip",
+        "identity",
+        "--position",
+        "2",
+        "--by",
+        "ops@example.org",
+    ]);
+    assert!(skipped.status.success(), "{}", stderr(&skipped));
+    let text = stdout(&run(&["status"]));
+    assert!(
+        text.contains("skipped: identity at position 2 by ops@example.org")
+            && text.contains("payload does not decode"),
+        "{text}"
+    );
+    let resume = run(&["resume", "identity"]);
+    assert!(!resume.status.success(), "a running projection was resumed");
+    assert!(
+        stderr(&resume).contains("is not parked"),
+        "{}",
+        stderr(&resume)
+    );
 }
