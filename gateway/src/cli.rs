@@ -41,6 +41,10 @@ pub struct ProjectArgs {
     #[command(flatten)]
     pub bus: RelayArgs,
 
+    /// The Redis of the hot read models.
+    #[command(flatten)]
+    pub redis: RedisArgs,
+
     /// A projection to run (repeat for several); every projection when absent.
     #[arg(long = "projection", value_name = "NAME")]
     pub projections: Vec<String>,
@@ -56,6 +60,10 @@ pub struct ReplayArgs {
         default_value = "postgres://platform_app@127.0.0.1:5432/platform"
     )]
     pub database_url: String,
+
+    /// The Redis of the hot read models.
+    #[command(flatten)]
+    pub redis: RedisArgs,
 
     /// The projection to rebuild; every projection when absent.
     #[arg(long, value_name = "NAME")]
@@ -132,6 +140,22 @@ pub struct RelayArgs {
     pub nats_prefix: String,
 }
 
+/// Where the hot read models live.
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis server for hot read models and rate limits.
+    #[arg(
+        long,
+        env = "PLATFORM_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key, so that deployments can share a server.
+    #[arg(long, env = "PLATFORM_REDIS_PREFIX", default_value = "platform")]
+    pub redis_prefix: String,
+}
+
 /// Where the event store lives.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
@@ -173,17 +197,9 @@ pub struct ServeArgs {
     #[arg(long, env = "PLATFORM_NATS_PREFIX", default_value = "platform")]
     pub nats_prefix: String,
 
-    /// Redis server for hot read models and rate limits.
-    #[arg(
-        long,
-        env = "PLATFORM_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    pub redis_url: String,
-
-    /// Prefix of every Redis key.
-    #[arg(long, env = "PLATFORM_REDIS_PREFIX", default_value = "platform")]
-    pub redis_prefix: String,
+    /// The Redis of the hot read models.
+    #[command(flatten)]
+    pub redis: RedisArgs,
 
     /// Address the HTTP server will listen on.
     #[arg(long, env = "PLATFORM_HTTP_ADDR", default_value = "127.0.0.1:8080")]
@@ -217,7 +233,7 @@ mod tests {
         };
         assert_eq!(args.nats_url, "nats://10.0.0.1:4222");
         assert_eq!(args.http_addr.port(), 9000);
-        assert_eq!(args.redis_prefix, "platform");
+        assert_eq!(args.redis.redis_prefix, "platform");
     }
 
     #[test]

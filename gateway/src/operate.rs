@@ -12,16 +12,19 @@ use anyhow::{Context, Result};
 use eventstore::LogReader;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use projections::identity::IdentityModel;
-use projections::{PgRunner, RunnerConfig, pg};
+use projections::identity_hot::IdentityHotModel;
+use projections::{PgRunner, RedisModel, RedisRunner, RunnerConfig, pg};
+use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
 use crate::cli::{ProjectArgs, ProjectionsArgs, ProjectionsCommand, ReplayArgs};
 use crate::serve::{
-    Running, app_pool, check_nats, connect_nats, say, shutdown_signal, stream_name,
+    Running, app_pool, check_nats, connect_nats, connect_redis, say, shutdown_signal, stream_name,
 };
 
-/// Every projection this binary runs, by name.
-pub const CATALOG: [&str; 1] = ["identity"];
+/// Every projection this binary runs, by name: the PostgreSQL identity model and the Redis
+/// identity hot model.
+pub const CATALOG: [&str; 2] = ["identity", projections::identity_hot::NAME];
 
 /// Events read from the log per transaction when a model is rebuilt or catches up.
 const PAGE: i64 = 2000;
@@ -53,8 +56,16 @@ pub async fn project(args: &ProjectArgs) -> Result<()> {
     let names = select(&args.projections)?;
     let pool = app_pool(&args.bus.database_url).await?;
     check_nats(&args.bus.nats_url).await?;
-    let workers =
-        start_projections(&pool, &args.bus.nats_url, &args.bus.nats_prefix, &names).await?;
+    let redis = connect_redis(&args.redis.redis_url).await?;
+    let workers = start_projections(
+        &pool,
+        &args.bus.nats_url,
+        &args.bus.nats_prefix,
+        &redis,
+        &args.redis.redis_prefix,
+        &names,
+    )
+    .await?;
     say("platform: ready; press Ctrl-C to stop");
     shutdown_signal().await;
     say("platform: stopping");
@@ -65,11 +76,14 @@ pub async fn project(args: &ProjectArgs) -> Result<()> {
     Ok(())
 }
 
-/// Starts a worker for each of `names`, following the stream of `prefix`.
+/// Starts a worker for each of `names`, following the stream of `prefix`; Redis models
+/// live under the key prefix `redis_prefix`.
 pub(crate) async fn start_projections(
     pool: &PgPool,
     nats_url: &str,
     prefix: &str,
+    redis: &ConnectionManager,
+    redis_prefix: &str,
     names: &[&'static str],
 ) -> Result<Vec<Running>> {
     let client = connect_nats(nats_url).await?;
@@ -81,20 +95,41 @@ pub(crate) async fn start_projections(
     };
     let mut workers = Vec::with_capacity(names.len());
     for &name in names {
-        let runner = match name {
-            "identity" => {
-                PgRunner::new(pool.clone(), client.clone(), IdentityModel, config.clone())
-            }
-            other => anyhow::bail!("there is no projection `{other}`"),
-        };
         say(&format!(
             "projection {name}: following {} through consumer {}",
             config.stream,
             projections::runner::consumer_name(&config, name)
         ));
-        workers.push(Running::spawn(move |stopped| runner.run(stopped)));
+        let worker = match name {
+            "identity" => {
+                let runner =
+                    PgRunner::new(pool.clone(), client.clone(), IdentityModel, config.clone());
+                Running::spawn(move |stopped| runner.run(stopped))
+            }
+            projections::identity_hot::NAME => {
+                let model = hot_model(pool, redis, redis_prefix)?;
+                let runner: RedisRunner<IdentityHotModel> = RedisRunner::on(
+                    LogReader::new(pool.clone()),
+                    client.clone(),
+                    model,
+                    config.clone(),
+                );
+                Running::spawn(move |stopped| runner.run(stopped))
+            }
+            other => anyhow::bail!("there is no projection `{other}`"),
+        };
+        workers.push(worker);
     }
     Ok(workers)
+}
+
+fn hot_model(
+    pool: &PgPool,
+    redis: &ConnectionManager,
+    prefix: &str,
+) -> Result<RedisModel<IdentityHotModel>> {
+    RedisModel::new(pool.clone(), redis.clone(), prefix, IdentityHotModel)
+        .with_context(|| format!("--redis-prefix `{prefix}`"))
 }
 
 /// Rebuilds the projections asked for, one after another, and says what each did.
@@ -130,6 +165,14 @@ pub async fn replay(args: &ReplayArgs) -> Result<()> {
                     },
                 )
                 .await
+            }
+            projections::identity_hot::NAME => {
+                let redis = connect_redis(&args.redis.redis_url).await?;
+                hot_model(&pool, &redis, &args.redis.redis_prefix)?
+                    .rebuild(&reader, Some(to), PAGE, |position, _| {
+                        bar.set_position(u64::try_from(position).unwrap_or(0));
+                    })
+                    .await
             }
             other => anyhow::bail!("there is no projection `{other}`"),
         };

@@ -47,10 +47,10 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
         "nats: {} with JetStream, version {version} (subject prefix `{}`)",
         args.nats_url, args.nats_prefix
     ));
-    check_redis(&args.redis_url).await?;
+    let redis = connect_redis(&args.redis.redis_url).await?;
     say(&format!(
         "redis: {} (key prefix `{}`)",
-        args.redis_url, args.redis_prefix
+        args.redis.redis_url, args.redis.redis_prefix
     ));
 
     let (appender, task) = Appender::spawn(pool.clone(), AppenderConfig::default());
@@ -59,6 +59,8 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
         &pool,
         &args.nats_url,
         &args.nats_prefix,
+        &redis,
+        &args.redis.redis_prefix,
         &crate::operate::CATALOG,
     )
     .await?;
@@ -278,21 +280,28 @@ pub(crate) async fn check_nats(url: &str) -> Result<String> {
     Ok(info.version)
 }
 
-async fn check_redis(url: &str) -> Result<()> {
+/// Connects to Redis and checks that it answers. The connection reconnects by itself when
+/// Redis restarts.
+pub(crate) async fn connect_redis(url: &str) -> Result<redis::aio::ConnectionManager> {
     let client = redis::Client::open(url)
         .with_context(|| format!("--redis-url {url} is not a Redis URL"))?;
-    let mut connection =
-        tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
-            .await
-            .map_err(|_| anyhow::anyhow!("timed out"))
-            .and_then(|r| r.map_err(anyhow::Error::from))
-            .with_context(|| format!("cannot connect to Redis at {url}; {SERVICES_HINT}"))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(CONNECT_TIMEOUT)
+        .set_number_of_retries(2);
+    let mut connection = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        client.get_connection_manager_with_config(config),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out"))
+    .and_then(|r| r.map_err(anyhow::Error::from))
+    .with_context(|| format!("cannot connect to Redis at {url}; {SERVICES_HINT}"))?;
     let pong: String = redis::cmd("PING")
         .query_async(&mut connection)
         .await
         .with_context(|| format!("Redis at {url} did not answer PING"))?;
     anyhow::ensure!(pong == "PONG", "Redis at {url} answered PING with {pong:?}");
-    Ok(())
+    Ok(connection)
 }
 
 pub(crate) async fn shutdown_signal() {

@@ -136,7 +136,7 @@ fn serve_gets_ready_on_a_new_database_and_stops_on_sigterm() {
     let db = Database::new();
     let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let stream = gateway::serve::stream_name(&prefix);
-    let _cleanup = DeleteStream(stream.clone());
+    let _cleanup = (DeleteStream(stream.clone()), DeleteKeys(prefix.clone()));
     let mut child = platform()
         .args([
             "serve",
@@ -145,6 +145,8 @@ fn serve_gets_ready_on_a_new_database_and_stops_on_sigterm() {
             "--database-url",
             &db.app_url,
             "--nats-prefix",
+            &prefix,
+            "--redis-prefix",
             &prefix,
         ])
         .stdout(Stdio::piped())
@@ -215,6 +217,15 @@ struct DeleteStream(String);
 impl Drop for DeleteStream {
     fn drop(&mut self) {
         tests::delete_stream(self.0.clone());
+    }
+}
+
+/// Deletes a Redis key prefix's keys when dropped.
+struct DeleteKeys(String);
+
+impl Drop for DeleteKeys {
+    fn drop(&mut self) {
+        tests::delete_redis_keys(self.0.clone());
     }
 }
 
@@ -294,19 +305,40 @@ fn replay_rebuilds_a_read_model_through_a_position_and_refuses_what_is_not_there
         })
     };
 
+    let redis_prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let _cleanup = DeleteKeys(redis_prefix.clone());
     let output = platform()
         .args(["replay", "--database-url", &p.app_url])
+        .args(["--redis-prefix", &redis_prefix])
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", stderr(&output));
     let text = stdout(&output);
-    assert!(
-        text.contains(&format!(
-            "replay identity: {} events read, the model stands at position {}",
-            p.head, p.head
-        )),
-        "{text}"
-    );
+    for name in ["identity", "identity_hot"] {
+        assert!(
+            text.contains(&format!(
+                "replay {name}: {} events read, the model stands at position {}",
+                p.head, p.head
+            )),
+            "{text}"
+        );
+    }
+    let hot_position = p.runtime.block_on(async {
+        let redis = redis::Client::open(tests::redis_url())
+            .unwrap()
+            .get_connection_manager()
+            .await
+            .unwrap();
+        let model = projections::RedisModel::new(
+            p.db.app.clone(),
+            redis,
+            &redis_prefix,
+            projections::identity_hot::IdentityHotModel,
+        )
+        .unwrap();
+        model.position().await.unwrap()
+    });
+    assert_eq!(hot_position, Some(p.head));
     assert_eq!(tenants(&p), 3);
 
     // Through the first tenant's last event only: the model holds exactly one tenant.
@@ -339,7 +371,7 @@ fn replay_rebuilds_a_read_model_through_a_position_and_refuses_what_is_not_there
     let text = stdout(&status);
     let line = text
         .lines()
-        .find(|l| l.starts_with("identity"))
+        .find(|l| l.starts_with("identity "))
         .unwrap_or_default();
     let columns: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(

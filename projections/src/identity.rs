@@ -221,19 +221,21 @@ enum Problem {
 
 type Step = Result<(), Problem>;
 
-async fn apply_event(conn: &mut PgConnection, event: &RecordedEvent) -> Step {
+/// The id of an identity event's aggregate, once the event's version is one the identity
+/// models read.
+pub(crate) fn aggregate_uuid(event: &RecordedEvent) -> Result<Uuid, String> {
     if event.event_version != EVENT_VERSION {
-        return Err(Problem::Inconsistent(format!(
+        return Err(format!(
             "event version {} is unknown to the model (it reads version {EVENT_VERSION})",
             event.event_version
-        )));
+        ));
     }
-    let id = Uuid::parse_str(&event.aggregate_id).map_err(|_| {
-        Problem::Inconsistent(format!(
-            "aggregate id `{}` is not a UUID",
-            event.aggregate_id
-        ))
-    })?;
+    Uuid::parse_str(&event.aggregate_id)
+        .map_err(|_| format!("aggregate id `{}` is not a UUID", event.aggregate_id))
+}
+
+async fn apply_event(conn: &mut PgConnection, event: &RecordedEvent) -> Step {
+    let id = aggregate_uuid(event).map_err(Problem::Inconsistent)?;
     match event.aggregate_type.as_str() {
         "Tenant" => tenant(conn, event, id).await,
         "User" => user(conn, event, id).await,
@@ -310,7 +312,7 @@ fn sorted<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
 }
 
 /// The strings of a permission set, sorted.
-fn permission_strings(set: PermissionSet) -> Vec<String> {
+pub(crate) fn permission_strings(set: PermissionSet) -> Vec<String> {
     sorted(set.iter().map(Permission::as_str))
 }
 
@@ -888,7 +890,7 @@ async fn user(conn: &mut PgConnection, event: &RecordedEvent, id: Uuid) -> Step 
 // Sessions.
 
 /// The stored name of a revocation reason (the domain's snake_case names).
-fn revocation_reason(reason: RevocationReason) -> &'static str {
+pub(crate) fn revocation_reason(reason: RevocationReason) -> &'static str {
     match reason {
         RevocationReason::UserRequest => "user_request",
         RevocationReason::AdminRequest => "admin_request",

@@ -1,16 +1,20 @@
 //! Projections: named, versioned functions of the ordered event log that build read models.
 //!
 //! A projection's runner applies events in `global_position` order and stores the last
-//! applied position atomically with the effect (in the same PostgreSQL transaction), so
+//! applied position atomically with the effect (in the same PostgreSQL transaction, or in
+//! the same Redis Lua call), so
 //! that at-least-once delivery yields exactly-once effects. Events at or below the
 //! checkpoint are passed over; a batch that does not follow the checkpoint is a gap, healed
 //! from the log in PostgreSQL before anything else is applied. An event that keeps failing
 //! parks its projection, visibly, until an operator resumes it or skips that event.
 
 pub mod identity;
+pub mod identity_hot;
 pub mod pg;
+pub mod redis;
 pub mod runner;
 
+use std::future::Future;
 use std::time::Duration;
 
 use eventstore::{LogReader, RecordedEvent};
@@ -18,7 +22,8 @@ use futures::TryStreamExt;
 use sqlx::PgPool;
 
 pub use pg::{Applied, ApplyError, BatchError, Checkpoint, Parked, PgProjection, Rebuilt, Setup};
-pub use runner::{PgRunner, RunnerConfig, RunnerStats, wait_for_position};
+pub use redis::{RedisModel, RedisProjection};
+pub use runner::{PgRunner, RedisRunner, Runner, RunnerConfig, RunnerStats, wait_for_position};
 
 /// Why a projection could not run.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +46,17 @@ pub enum ProjectionError {
     /// NATS JetStream failed.
     #[error("projection bus error: {0}")]
     Bus(String),
+    /// Redis failed.
+    #[error("projection cache error: {0}")]
+    Redis(String),
+    /// The projection is parked on a poison event.
+    #[error("projection `{name}` is parked on the event at position {}: {}", parked.position, parked.error)]
+    Parked {
+        /// The projection.
+        name: String,
+        /// Where and why.
+        parked: Parked,
+    },
     /// A rebuild failed on an event; the live model is untouched.
     #[error("rebuilding projection `{name}` failed: {problem}")]
     Rebuild {
@@ -79,6 +95,36 @@ impl Default for Retry {
     }
 }
 
+/// A read model a runner drives: where it stands, and a batch applied together with its
+/// checkpoint, atomically. PostgreSQL models ([`pg::PgTarget`]) and Redis models
+/// ([`redis::RedisModel`]) are targets; parking and skips are recorded in PostgreSQL for both,
+/// so an operator sees and handles every projection the same way.
+pub trait Target: Send + Sync {
+    /// The projection's name.
+    fn name(&self) -> &'static str;
+
+    /// The database holding the log, the checkpoints' records and the parking records.
+    fn pool(&self) -> &PgPool;
+
+    /// Creates the model if it is missing, and rebuilds it from the log if it was built by
+    /// another version of the projection (or, for a cache, was lost).
+    fn prepare(
+        &self,
+        reader: &LogReader,
+        page: i64,
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
+
+    /// Where the model stands.
+    fn checkpoint(&self) -> impl Future<Output = Result<Checkpoint, ProjectionError>> + Send;
+
+    /// Applies `events` (in position order) with the checkpoint, all or nothing. Events at or
+    /// below the checkpoint are passed over; a batch that does not follow it is a gap.
+    fn apply_batch(
+        &self,
+        events: &[RecordedEvent],
+    ) -> impl Future<Output = Result<Applied, BatchError>> + Send;
+}
+
 /// Applies a batch; when the projection fails on it, tries its events one at a time, each
 /// up to `retry.attempts` times, and parks the projection on the first event that keeps
 /// failing. Every event before that one is applied.
@@ -88,12 +134,21 @@ pub async fn apply_or_park<P: PgProjection>(
     events: &[RecordedEvent],
     retry: Retry,
 ) -> Result<Applied, ProjectionError> {
-    match pg::apply_batch(pool, projection, events).await {
+    apply_or_park_on(&pg::PgRef::new(pool, projection), events, retry).await
+}
+
+/// [`apply_or_park`] on any target.
+pub async fn apply_or_park_on<T: Target + ?Sized>(
+    target: &T,
+    events: &[RecordedEvent],
+    retry: Retry,
+) -> Result<Applied, ProjectionError> {
+    match target.apply_batch(events).await {
         Ok(applied) => return Ok(applied),
         Err(BatchError::Store(err)) => return Err(err),
         Err(BatchError::Apply(err)) => {
             tracing::warn!(
-                projection = projection.name(),
+                projection = target.name(),
                 "a batch failed ({err}); trying its events one at a time"
             );
         }
@@ -103,7 +158,7 @@ pub async fn apply_or_park<P: PgProjection>(
         let mut wait = retry.first_wait;
         let mut attempt = 1;
         loop {
-            match pg::apply_batch(pool, projection, std::slice::from_ref(event)).await {
+            match target.apply_batch(std::slice::from_ref(event)).await {
                 Ok(Applied::Through { position }) => {
                     applied = Applied::Through { position };
                     break;
@@ -113,11 +168,11 @@ pub async fn apply_or_park<P: PgProjection>(
                 Err(BatchError::Apply(err)) if attempt >= retry.attempts.max(1) => {
                     let error = err.to_string();
                     tracing::error!(
-                        projection = projection.name(),
+                        projection = target.name(),
                         position = event.global_position,
                         "parking the projection: the event failed {attempt} times: {error}"
                     );
-                    pg::park(pool, projection.name(), event.global_position, &error).await?;
+                    pg::park(target.pool(), target.name(), event.global_position, &error).await?;
                     return Ok(Applied::Parked(Parked {
                         position: event.global_position,
                         error,
@@ -144,14 +199,23 @@ pub async fn catch_up<P: PgProjection>(
     page: i64,
     retry: Retry,
 ) -> Result<Applied, ProjectionError> {
+    catch_up_on(&pg::PgRef::new(pool, projection), reader, to, page, retry).await
+}
+
+/// [`catch_up`] on any target.
+pub async fn catch_up_on<T: Target + ?Sized>(
+    target: &T,
+    reader: &LogReader,
+    to: Option<i64>,
+    page: i64,
+    retry: Retry,
+) -> Result<Applied, ProjectionError> {
     let to = match to {
         Some(to) => to,
         None => reader.head().await?.position,
     };
     loop {
-        let Some(checkpoint) = pg::checkpoint(pool, projection.name()).await? else {
-            return Err(ProjectionError::NotSetUp(projection.name().to_owned()));
-        };
+        let checkpoint = target.checkpoint().await?;
         if let Some(parked) = checkpoint.parked {
             return Ok(Applied::Parked(parked));
         }
@@ -165,7 +229,7 @@ pub async fn catch_up<P: PgProjection>(
             .read_range(checkpoint.position + 1, last)
             .try_collect()
             .await?;
-        match apply_or_park(pool, projection, &events, retry).await? {
+        match apply_or_park_on(target, &events, retry).await? {
             Applied::Through { .. } => {}
             other => return Ok(other),
         }

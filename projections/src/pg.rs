@@ -6,11 +6,12 @@
 //! fill a shadow schema with the very same code and then swap it in.
 
 use std::future::Future;
+use std::sync::Arc;
 
-use eventstore::RecordedEvent;
+use eventstore::{LogReader, RecordedEvent};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
-use crate::ProjectionError;
+use crate::{ProjectionError, Target};
 
 /// A read model in PostgreSQL: a named, versioned function of the ordered event log.
 pub trait PgProjection: Send + Sync + 'static {
@@ -126,8 +127,8 @@ pub struct Checkpoint {
     pub position: i64,
     /// `Some` when the projection is parked on a poison event.
     pub parked: Option<Parked>,
-    /// The one position an operator chose to skip, if any.
-    pub skip_position: Option<i64>,
+    /// The positions an operator chose to skip (`projection_skips`), in order.
+    pub skipped: Vec<i64>,
 }
 
 /// A projection stopped on an event that keeps failing.
@@ -139,10 +140,10 @@ pub struct Parked {
     pub error: String,
 }
 
-type CheckpointRow = (i32, i64, String, Option<i64>, Option<String>, Option<i64>);
+type CheckpointRow = (i32, i64, String, Option<i64>, Option<String>, Vec<i64>);
 
 fn checkpoint_of(row: CheckpointRow) -> Checkpoint {
-    let (version, position, status, parked_position, parked_error, skip_position) = row;
+    let (version, position, status, parked_position, parked_error, skipped) = row;
     Checkpoint {
         version,
         position,
@@ -153,13 +154,13 @@ fn checkpoint_of(row: CheckpointRow) -> Checkpoint {
             }),
             _ => None,
         },
-        skip_position,
+        skipped,
     }
 }
 
-const SELECT_CHECKPOINT: &str =
-    "SELECT version, position, status, parked_position, parked_error, skip_position
-   FROM projection_checkpoints WHERE name = $1";
+const SELECT_CHECKPOINT: &str = "SELECT version, position, status, parked_position, parked_error,
+        ARRAY(SELECT s.position FROM projection_skips s WHERE s.name = c.name ORDER BY 1)
+   FROM projection_checkpoints c WHERE name = $1";
 
 /// The checkpoint of `name`, if the projection was ever set up.
 pub async fn checkpoint(pool: &PgPool, name: &str) -> Result<Option<Checkpoint>, ProjectionError> {
@@ -176,12 +177,105 @@ pub(crate) async fn lock_checkpoint(
     tx: &mut Transaction<'_, Postgres>,
     name: &str,
 ) -> Result<Checkpoint, ProjectionError> {
-    let row: Option<CheckpointRow> = sqlx::query_as(&format!("{SELECT_CHECKPOINT} FOR UPDATE"))
-        .bind(name)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let row: Option<CheckpointRow> =
+        sqlx::query_as(&format!("{SELECT_CHECKPOINT} FOR UPDATE OF c"))
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?;
     row.map(checkpoint_of)
         .ok_or_else(|| ProjectionError::NotSetUp(name.to_owned()))
+}
+
+/// A PostgreSQL projection and the database of its model, as a runner's [`Target`].
+#[derive(Debug)]
+pub struct PgTarget<P> {
+    pool: PgPool,
+    projection: Arc<P>,
+}
+
+impl<P: PgProjection> PgTarget<P> {
+    /// `projection`'s model in `pool`.
+    pub fn new(pool: PgPool, projection: P) -> Self {
+        Self {
+            pool,
+            projection: Arc::new(projection),
+        }
+    }
+
+    fn borrowed(&self) -> PgRef<'_, P> {
+        PgRef::new(&self.pool, &self.projection)
+    }
+}
+
+/// A borrowed [`PgTarget`].
+#[derive(Debug)]
+pub struct PgRef<'a, P> {
+    pool: &'a PgPool,
+    projection: &'a P,
+}
+
+impl<'a, P: PgProjection> PgRef<'a, P> {
+    /// `projection`'s model in `pool`.
+    pub fn new(pool: &'a PgPool, projection: &'a P) -> Self {
+        Self { pool, projection }
+    }
+}
+
+impl<P: PgProjection> Target for PgRef<'_, P> {
+    fn name(&self) -> &'static str {
+        self.projection.name()
+    }
+
+    fn pool(&self) -> &PgPool {
+        self.pool
+    }
+
+    async fn prepare(&self, reader: &LogReader, page: i64) -> Result<(), ProjectionError> {
+        match setup(self.pool, self.projection).await? {
+            Setup::Current | Setup::Created => {}
+            Setup::Outdated { built } => {
+                tracing::info!(
+                    projection = self.projection.name(),
+                    "rebuilding: the model was built by version {built}, this is version {}",
+                    self.projection.version()
+                );
+                rebuild(self.pool, self.projection, reader, None, page, |_, _| {}).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn checkpoint(&self) -> Result<Checkpoint, ProjectionError> {
+        checkpoint(self.pool, self.projection.name())
+            .await?
+            .ok_or_else(|| ProjectionError::NotSetUp(self.projection.name().to_owned()))
+    }
+
+    async fn apply_batch(&self, events: &[RecordedEvent]) -> Result<Applied, BatchError> {
+        apply_batch(self.pool, self.projection, events).await
+    }
+}
+
+impl<P: PgProjection> Target for PgTarget<P> {
+    fn name(&self) -> &'static str {
+        self.projection.name()
+    }
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn prepare(&self, reader: &LogReader, page: i64) -> Result<(), ProjectionError> {
+        self.borrowed().prepare(reader, page).await
+    }
+
+    async fn checkpoint(&self) -> Result<Checkpoint, ProjectionError> {
+        self.borrowed().checkpoint().await
+    }
+
+    async fn apply_batch(&self, events: &[RecordedEvent]) -> Result<Applied, BatchError> {
+        self.borrowed().apply_batch(events).await
+    }
 }
 
 /// What [`setup`] found.
@@ -307,7 +401,11 @@ pub async fn apply_batch<P: PgProjection>(
     let wanted: Vec<&RecordedEvent> = fresh
         .into_iter()
         .filter(|event| {
-            projection.wants(event) && checkpoint.skip_position != Some(event.global_position)
+            projection.wants(event)
+                && checkpoint
+                    .skipped
+                    .binary_search(&event.global_position)
+                    .is_err()
         })
         .collect();
     if !wanted.is_empty() {
@@ -478,6 +576,10 @@ pub async fn rebuild<P: PgProjection>(
         Some(to) => to,
         None => reader.head().await?.position,
     };
+    let skipped = checkpoint(pool, projection.name())
+        .await?
+        .map(|checkpoint| checkpoint.skipped)
+        .unwrap_or_default();
     let mut position = 0;
     let mut events = 0u64;
     while position < target {
@@ -487,7 +589,10 @@ pub async fn rebuild<P: PgProjection>(
             break;
         }
         events += batch.len() as u64;
-        let wanted: Vec<&RecordedEvent> = batch.iter().filter(|e| projection.wants(e)).collect();
+        let wanted: Vec<&RecordedEvent> = batch
+            .iter()
+            .filter(|e| projection.wants(e) && skipped.binary_search(&e.global_position).is_err())
+            .collect();
         if !wanted.is_empty() {
             let mut tx = pool.begin().await?;
             sqlx::query(&format!(
@@ -535,7 +640,7 @@ pub async fn rebuild<P: PgProjection>(
     sqlx::query(
         "UPDATE projection_checkpoints
             SET version = $2, position = $3, status = 'running', parked_position = NULL,
-                parked_error = NULL, parked_at = NULL, skip_position = NULL, updated_at = now()
+                parked_error = NULL, parked_at = NULL, updated_at = now()
           WHERE name = $1",
     )
     .bind(projection.name())

@@ -22,8 +22,9 @@ use proto::v1::EventEnvelope;
 use sqlx::PgPool;
 use tokio::time::sleep;
 
-use crate::pg::{self, PgProjection, Setup};
-use crate::{Applied, ProjectionError, Retry, catch_up};
+use crate::pg::{self, PgProjection, PgTarget};
+use crate::redis::RedisModel;
+use crate::{Applied, ProjectionError, Retry, Target, apply_or_park_on, catch_up_on};
 
 /// How a projection runner runs.
 #[derive(Debug, Clone)]
@@ -108,26 +109,31 @@ pub fn event_of(payload: &[u8]) -> Result<RecordedEvent, String> {
     Ok(RecordedEvent::from(record))
 }
 
-/// A runner for one PostgreSQL projection.
-pub struct PgRunner<P> {
-    pool: PgPool,
+/// A runner for one projection: follows the bus and applies it to the projection's model.
+pub struct Runner<T> {
     reader: LogReader,
     jetstream: jetstream::Context,
-    projection: Arc<P>,
+    target: Arc<T>,
     config: RunnerConfig,
     stats: Arc<RunnerStats>,
 }
 
-impl<P> std::fmt::Debug for PgRunner<P> {
+/// A runner for one PostgreSQL projection.
+pub type PgRunner<P> = Runner<PgTarget<P>>;
+
+/// A runner for one Redis projection.
+pub type RedisRunner<P> = Runner<RedisModel<P>>;
+
+impl<T> std::fmt::Debug for Runner<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgRunner")
+        f.debug_struct("Runner")
             .field("config", &self.config)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
 }
 
-impl<P: PgProjection> PgRunner<P> {
+impl<P: PgProjection> Runner<PgTarget<P>> {
     /// A runner applying `projection` to the read models in `pool`.
     pub fn new(
         pool: PgPool,
@@ -135,11 +141,23 @@ impl<P: PgProjection> PgRunner<P> {
         projection: P,
         config: RunnerConfig,
     ) -> Self {
+        let reader = LogReader::new(pool.clone());
+        Self::on(reader, nats, PgTarget::new(pool, projection), config)
+    }
+}
+
+impl<T: Target + 'static> Runner<T> {
+    /// A runner applying the log, read with `reader`, to `target`.
+    pub fn on(
+        reader: LogReader,
+        nats: async_nats::Client,
+        target: T,
+        config: RunnerConfig,
+    ) -> Self {
         Self {
-            reader: LogReader::new(pool.clone()),
-            pool,
+            reader,
             jetstream: jetstream::new(nats),
-            projection: Arc::new(projection),
+            target: Arc::new(target),
             config,
             stats: Arc::default(),
         }
@@ -150,9 +168,14 @@ impl<P: PgProjection> PgRunner<P> {
         Arc::clone(&self.stats)
     }
 
-    /// Sets the projection up (rebuilding it if its version changed), catches up from
-    /// PostgreSQL, then follows the bus until `shutdown` completes. Failures of NATS or
-    /// PostgreSQL are retried; they never end the runner.
+    /// The model the runner applies the log to.
+    pub fn target(&self) -> Arc<T> {
+        Arc::clone(&self.target)
+    }
+
+    /// Sets the projection up (rebuilding it if its version changed or its model was lost),
+    /// catches up from PostgreSQL, then follows the bus until `shutdown` completes. Failures
+    /// of NATS, Redis or PostgreSQL are retried; they never end the runner.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
         tokio::pin!(shutdown);
         let mut wait = Duration::from_millis(100);
@@ -160,8 +183,14 @@ impl<P: PgProjection> PgRunner<P> {
             tokio::select! {
                 () = &mut shutdown => return,
                 result = self.follow() => {
-                    if let Err(err) = result {
-                        tracing::warn!(projection = self.projection.name(), "projection runner: {err}; trying again");
+                    match result {
+                        Err(ProjectionError::Parked { parked, .. }) => {
+                            self.note(&Applied::Parked(parked));
+                        }
+                        Err(err) => {
+                            tracing::warn!(projection = self.target.name(), "projection runner: {err}; trying again");
+                        }
+                        Ok(()) => {}
                     }
                     sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(5));
@@ -170,35 +199,11 @@ impl<P: PgProjection> PgRunner<P> {
         }
     }
 
-    async fn prepare(&self) -> Result<(), ProjectionError> {
-        match pg::setup(&self.pool, self.projection.as_ref()).await? {
-            Setup::Current | Setup::Created => {}
-            Setup::Outdated { built } => {
-                tracing::info!(
-                    projection = self.projection.name(),
-                    "rebuilding: the model was built by version {built}, this is version {}",
-                    self.projection.version()
-                );
-                pg::rebuild(
-                    &self.pool,
-                    self.projection.as_ref(),
-                    &self.reader,
-                    None,
-                    self.config.page,
-                    |_, _| {},
-                )
-                .await?;
-            }
-        }
-        Ok(())
-    }
-
     /// Catches up from PostgreSQL through `to` (or the head); records whether it parked.
     async fn heal(&self, to: Option<i64>) -> Result<Applied, ProjectionError> {
         self.stats.healed.fetch_add(1, Ordering::Relaxed);
-        let applied = catch_up(
-            &self.pool,
-            self.projection.as_ref(),
+        let applied = catch_up_on(
+            self.target.as_ref(),
             &self.reader,
             to,
             self.config.page,
@@ -218,7 +223,7 @@ impl<P: PgProjection> PgRunner<P> {
             Applied::Parked(parked) => {
                 self.stats.parked.store(true, Ordering::Relaxed);
                 tracing::error!(
-                    projection = self.projection.name(),
+                    projection = self.target.name(),
                     position = parked.position,
                     "projection parked on a poison event: {}",
                     parked.error
@@ -229,14 +234,14 @@ impl<P: PgProjection> PgRunner<P> {
     }
 
     async fn follow(&self) -> Result<(), ProjectionError> {
-        self.prepare().await?;
+        self.target.prepare(&self.reader, self.config.page).await?;
         self.heal(None).await?;
         let stream = self
             .jetstream
             .get_stream(&self.config.stream)
             .await
             .map_err(|err| ProjectionError::Bus(err.to_string()))?;
-        let name = consumer_name(&self.config, self.projection.name());
+        let name = consumer_name(&self.config, self.target.name());
         let consumer: jetstream::consumer::Consumer<pull::Config> = stream
             .get_or_create_consumer(
                 &name,
@@ -299,7 +304,7 @@ impl<P: PgProjection> PgRunner<P> {
                 Err(problem) => {
                     self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
-                        projection = self.projection.name(),
+                        projection = self.target.name(),
                         subject = message.subject.as_str(),
                         "a message was not applied; its event will be read from PostgreSQL: {problem}"
                     );
@@ -308,22 +313,11 @@ impl<P: PgProjection> PgRunner<P> {
         }
         events.sort_by_key(|event| event.global_position);
         events.dedup_by_key(|event| event.global_position);
-        let mut applied = crate::apply_or_park(
-            &self.pool,
-            self.projection.as_ref(),
-            &events,
-            self.config.retry,
-        )
-        .await?;
+        let mut applied =
+            apply_or_park_on(self.target.as_ref(), &events, self.config.retry).await?;
         if let Applied::Gap { to, .. } = applied {
             self.heal(Some(to)).await?;
-            applied = crate::apply_or_park(
-                &self.pool,
-                self.projection.as_ref(),
-                &events,
-                self.config.retry,
-            )
-            .await?;
+            applied = apply_or_park_on(self.target.as_ref(), &events, self.config.retry).await?;
         }
         self.note(&applied);
         if matches!(applied, Applied::Through { .. }) {

@@ -155,13 +155,13 @@ struct UserView {
     deactivated_at: Option<i64>,
 }
 
-fn now(f: &Fixture) -> DateTime<Utc> {
+pub(crate) fn now(f: &Fixture) -> DateTime<Utc> {
     use commands::identity::Clock;
     f.clock.now()
 }
 
 /// Moves the clock a second on, so that every step has a time of its own.
-fn tick(f: &Fixture) -> DateTime<Utc> {
+pub(crate) fn tick(f: &Fixture) -> DateTime<Utc> {
     f.clock.advance(Duration::seconds(1));
     now(f)
 }
@@ -174,46 +174,46 @@ fn totp_code(f: &Fixture, secret: &str) -> String {
 
 /// A user of the flows, with what the test knows about them.
 #[derive(Debug, Clone)]
-struct Person {
-    id: String,
-    email: String,
-    name: String,
-    password: String,
+pub(crate) struct Person {
+    pub(crate) id: String,
+    pub(crate) email: String,
+    pub(crate) name: String,
+    pub(crate) password: String,
 }
 
 impl Person {
-    fn principal(&self) -> String {
+    pub(crate) fn principal(&self) -> String {
         format!("user:{}", self.id)
     }
 }
 
 /// What the flows did, as the test recorded it.
 #[derive(Debug, Default)]
-struct World {
-    acme: String,
-    globex: String,
-    initech: String,
-    people: BTreeMap<&'static str, Person>,
+pub(crate) struct World {
+    pub(crate) acme: String,
+    pub(crate) globex: String,
+    pub(crate) initech: String,
+    pub(crate) people: BTreeMap<&'static str, Person>,
     /// When each named step happened.
-    times: BTreeMap<&'static str, DateTime<Utc>>,
-    sessions: BTreeMap<&'static str, String>,
-    keys: BTreeMap<&'static str, (String, String)>,
-    accounts: BTreeMap<&'static str, String>,
-    secrets: BTreeMap<&'static str, Uuid>,
+    pub(crate) times: BTreeMap<&'static str, DateTime<Utc>>,
+    pub(crate) sessions: BTreeMap<&'static str, String>,
+    pub(crate) keys: BTreeMap<&'static str, (String, String)>,
+    pub(crate) accounts: BTreeMap<&'static str, String>,
+    pub(crate) secrets: BTreeMap<&'static str, Uuid>,
     /// Every secret and token the flows were shown, in plaintext.
-    plaintext_secrets: Vec<String>,
+    pub(crate) plaintext_secrets: Vec<String>,
 }
 
 impl World {
-    fn person(&self, name: &str) -> &Person {
+    pub(crate) fn person(&self, name: &str) -> &Person {
         &self.people[name]
     }
-    fn at(&self, step: &str) -> i64 {
+    pub(crate) fn at(&self, step: &str) -> i64 {
         us(self.times[step])
     }
 }
 
-async fn create_tenant(
+pub(crate) async fn create_tenant(
     f: &Fixture,
     name: &str,
     email: &str,
@@ -262,7 +262,7 @@ async fn register(f: &Fixture, tenant: &str, email: &str, name: &str) -> (Person
 }
 
 /// Runs the identity flows of three tenants, recording what they did.
-async fn run_flows(f: &Fixture) -> World {
+pub(crate) async fn run_flows(f: &Fixture) -> World {
     let mut w = World::default();
     let id = &f.identity;
 
@@ -617,7 +617,7 @@ async fn run_flows(f: &Fixture) -> World {
 }
 
 /// Sets the model up and catches it up with the whole log, `page` events at a time.
-async fn build(db: &TestDb, page: i64) -> i64 {
+pub(crate) async fn build(db: &TestDb, page: i64) -> i64 {
     assert_eq!(
         projections::pg::setup(&db.app, &IdentityModel)
             .await
@@ -666,7 +666,7 @@ async fn digests(db: &TestDb, schema: &str) -> BTreeMap<&'static str, (i64, Stri
     out
 }
 
-async fn all_events(db: &TestDb) -> Vec<RecordedEvent> {
+pub(crate) async fn all_events(db: &TestDb) -> Vec<RecordedEvent> {
     let reader = LogReader::new(db.app.clone());
     let head = reader.head().await.unwrap().position;
     reader.read_range(1, head).try_collect().await.unwrap()
@@ -684,7 +684,7 @@ async fn last_of(db: &TestDb, aggregate_type: &str, id: &str) -> i64 {
     .unwrap()
 }
 
-fn uuid(text: &str) -> Uuid {
+pub(crate) fn uuid(text: &str) -> Uuid {
     text.parse().unwrap()
 }
 
@@ -1587,7 +1587,7 @@ async fn no_row_of_the_model_holds_a_secret_or_plaintext_personal_data() {
 }
 
 /// Appends one event with a payload of the test's choosing to an aggregate.
-async fn append_raw(
+pub(crate) async fn append_raw(
     db: &TestDb,
     aggregate_type: &str,
     aggregate_id: &str,

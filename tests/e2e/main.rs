@@ -8,6 +8,7 @@ mod bus;
 mod concurrency;
 mod cqrs_compat;
 mod identity;
+mod identity_hot;
 mod identity_models;
 mod identity_props;
 mod interleavings;

@@ -265,3 +265,101 @@ impl Drop for TestBus {
         delete_stream(self.stream.clone());
     }
 }
+
+/// The Redis server tests use. Override with `PLATFORM_TEST_REDIS_URL`.
+pub fn redis_url() -> String {
+    std::env::var("PLATFORM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A key prefix of its own on the real Redis server; its keys are deleted when this value is
+/// dropped. Tests share one Redis, so "flushing Redis" means deleting this prefix's keys.
+pub struct TestRedis {
+    /// A connection that reconnects by itself.
+    pub conn: redis::aio::ConnectionManager,
+    /// The key prefix, unique to this test.
+    pub prefix: String,
+}
+
+impl TestRedis {
+    /// Connects and picks a fresh prefix.
+    pub async fn new() -> Self {
+        init_logging();
+        let client = redis::Client::open(redis_url()).expect("PLATFORM_TEST_REDIS_URL");
+        let conn = client
+            .get_connection_manager()
+            .await
+            .expect("cannot reach Redis at PLATFORM_TEST_REDIS_URL; run scripts/services.sh");
+        Self {
+            conn,
+            prefix: format!("t{}", &Uuid::new_v4().simple().to_string()[..12]),
+        }
+    }
+
+    /// Every key under this prefix (the models' keys start with `{<prefix>:`).
+    pub async fn keys(&self) -> Vec<String> {
+        let mut conn = self.conn.clone();
+        let mut keys = Vec::new();
+        for pattern in [format!("{}:*", self.prefix), format!("{{{}:*", self.prefix)] {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("SCAN");
+                keys.extend(found);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        keys
+    }
+
+    /// Deletes every key under this prefix, as a flushed or lost Redis would.
+    pub async fn flush(&self) {
+        let keys = self.keys().await;
+        if !keys.is_empty() {
+            let mut conn = self.conn.clone();
+            let _: () = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .expect("DEL");
+        }
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        delete_redis_keys(self.prefix.clone());
+    }
+}
+
+/// Deletes every Redis key under `prefix` (the models' keys start with `{<prefix>:`), from
+/// any context: over a connection of its own, on a thread of its own.
+pub fn delete_redis_keys(prefix: String) {
+    let cleanup = std::thread::spawn(move || {
+        let Ok(client) = redis::Client::open(redis_url()) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection() else {
+            return;
+        };
+        for pattern in [format!("{prefix}:*"), format!("{{{prefix}:*")] {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query(&mut conn)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query(&mut conn);
+            }
+        }
+    });
+    let _ = cleanup.join();
+}
