@@ -1,6 +1,7 @@
 //! The command line: subcommands, flags, and the environment variables behind them.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -23,7 +24,7 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run only the relay, which publishes the event log to NATS JetStream in order. Start
     /// several: one leads, the others stand by and take over when it stops.
-    Relay(RelayArgs),
+    Relay(RelayCommandArgs),
     /// Run the projection workers, which build the read models from the bus, until
     /// interrupted. Each follows its own durable consumer and heals gaps from the log.
     Project(ProjectArgs),
@@ -140,6 +141,42 @@ pub struct RelayArgs {
     pub nats_prefix: String,
 }
 
+/// `relay`: the bus, and the stream the relay creates or updates.
+#[derive(Debug, Clone, Args)]
+pub struct RelayCommandArgs {
+    /// Where the relay reads and publishes.
+    #[command(flatten)]
+    pub bus: RelayArgs,
+
+    /// The stream it keeps.
+    #[command(flatten)]
+    pub stream: StreamArgs,
+}
+
+/// The JetStream stream's settings, applied when the relay creates or updates it.
+#[derive(Debug, Clone, Args)]
+pub struct StreamArgs {
+    /// How long the stream keeps a message, such as `30d`; `0s` keeps every message. The
+    /// log in PostgreSQL is the record either way: consumers heal what the stream dropped.
+    #[arg(
+        long,
+        env = "PLATFORM_STREAM_MAX_AGE",
+        default_value = "0s",
+        value_parser = humantime::parse_duration
+    )]
+    pub stream_max_age: Duration,
+
+    /// How long JetStream remembers a message id to drop a republished duplicate, such as
+    /// `2m`. A relay that restarts republishes from its checkpoint, within this window.
+    #[arg(
+        long,
+        env = "PLATFORM_STREAM_DUPLICATE_WINDOW",
+        default_value = "2m",
+        value_parser = humantime::parse_duration
+    )]
+    pub stream_duplicate_window: Duration,
+}
+
 /// Where the hot read models live.
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
@@ -201,6 +238,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub redis: RedisArgs,
 
+    /// The stream the relay keeps.
+    #[command(flatten)]
+    pub stream: StreamArgs,
+
     /// Address the HTTP server will listen on.
     #[arg(long, env = "PLATFORM_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
@@ -240,5 +281,37 @@ mod tests {
     fn a_bad_address_is_refused_by_name() {
         let err = Cli::try_parse_from(["platform", "serve", "--http-addr", "nowhere"]).unwrap_err();
         assert!(err.to_string().contains("--http-addr"), "{err}");
+    }
+
+    #[test]
+    fn the_stream_keeps_everything_by_default_and_takes_human_durations() {
+        let cli = Cli::try_parse_from(["platform", "relay"]).unwrap();
+        let Command::Relay(args) = cli.command else {
+            panic!("expected relay");
+        };
+        assert_eq!(args.stream.stream_max_age, Duration::ZERO);
+        assert_eq!(
+            args.stream.stream_duplicate_window,
+            Duration::from_secs(120)
+        );
+
+        let cli = Cli::try_parse_from([
+            "platform",
+            "serve",
+            "--stream-max-age",
+            "30d",
+            "--stream-duplicate-window",
+            "90s",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(args.stream.stream_max_age, Duration::from_secs(30 * 86_400));
+        assert_eq!(args.stream.stream_duplicate_window, Duration::from_secs(90));
+
+        let err =
+            Cli::try_parse_from(["platform", "relay", "--stream-max-age", "a while"]).unwrap_err();
+        assert!(err.to_string().contains("--stream-max-age"), "{err}");
     }
 }

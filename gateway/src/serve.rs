@@ -8,7 +8,7 @@ use eventstore::{Appender, AppenderConfig, LogReader, ProtoEncoder, Relay, Relay
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
-use crate::cli::{DatabaseArgs, RelayArgs, ServeArgs};
+use crate::cli::{DatabaseArgs, RelayCommandArgs, ServeArgs, StreamArgs};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const SERVICES_HINT: &str = "start the local services with scripts/services.sh";
@@ -54,7 +54,7 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
     ));
 
     let (appender, task) = Appender::spawn(pool.clone(), AppenderConfig::default());
-    let relay = start_relay(&pool, &args.nats_url, &args.nats_prefix).await?;
+    let relay = start_relay(&pool, &args.nats_url, &args.nats_prefix, &args.stream).await?;
     let workers = crate::operate::start_projections(
         &pool,
         &args.nats_url,
@@ -79,7 +79,8 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
 }
 
 /// Runs only the relay (an active one, or a hot standby) until interrupted.
-pub async fn relay(args: &RelayArgs) -> Result<()> {
+pub async fn relay(command: &RelayCommandArgs) -> Result<()> {
+    let args = &command.bus;
     let pool = app_pool(&args.database_url).await?;
     let head = LogReader::new(pool.clone())
         .head()
@@ -91,7 +92,7 @@ pub async fn relay(args: &RelayArgs) -> Result<()> {
         head.position
     ));
     check_nats(&args.nats_url).await?;
-    let relay = start_relay(&pool, &args.nats_url, &args.nats_prefix).await?;
+    let relay = start_relay(&pool, &args.nats_url, &args.nats_prefix, &command.stream).await?;
     say("platform: ready; press Ctrl-C to stop");
     shutdown_signal().await;
     say("platform: stopping");
@@ -156,7 +157,12 @@ pub(crate) async fn connect_nats(url: &str) -> Result<async_nats::Client> {
         .with_context(|| format!("cannot connect to NATS at {url}; {SERVICES_HINT}"))
 }
 
-async fn start_relay(pool: &PgPool, nats_url: &str, prefix: &str) -> Result<Running> {
+async fn start_relay(
+    pool: &PgPool,
+    nats_url: &str,
+    prefix: &str,
+    stream: &StreamArgs,
+) -> Result<Running> {
     anyhow::ensure!(
         !prefix.is_empty()
             && prefix
@@ -168,12 +174,20 @@ async fn start_relay(pool: &PgPool, nats_url: &str, prefix: &str) -> Result<Runn
     let config = RelayConfig {
         subject_prefix: prefix.to_owned(),
         stream: stream_name(prefix),
+        max_age: stream.stream_max_age,
+        duplicate_window: stream.stream_duplicate_window,
         ..RelayConfig::default()
     };
     say(&format!(
-        "relay: stream {} (subjects `{}`), leading or standing by",
+        "relay: stream {} (subjects `{}`, messages kept {}, duplicates dropped within {}), leading or standing by",
         config.stream,
-        config.all_subjects()
+        config.all_subjects(),
+        if config.max_age.is_zero() {
+            "for good".to_owned()
+        } else {
+            humantime::format_duration(config.max_age).to_string()
+        },
+        humantime::format_duration(config.duplicate_window)
     ));
     let relay = Relay::new(pool.clone(), client, config, ProtoEncoder);
     Ok(Running::spawn(move |stopped| relay.run(stopped)))

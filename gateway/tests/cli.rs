@@ -173,6 +173,17 @@ fn serve_gets_ready_on_a_new_database_and_stops_on_sigterm() {
     assert!(seen[0].starts_with("database: created"), "{seen:?}");
     assert!(
         seen.iter()
+            .any(|l| l.starts_with(&format!("relay: stream {stream}"))
+                && l.contains("messages kept for good, duplicates dropped within 2m")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("projection identity_hot: following")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
             .any(|l| l.starts_with("event store: platform_app@")),
         "{seen:?}"
     );
