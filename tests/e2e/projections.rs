@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use eventstore::{LogReader, ProtoEncoder, RecordedEvent, Relay};
 use futures::TryStreamExt;
-use projections::pg::{self, Applied, ApplyError, PgProjection};
-use projections::{PgRunner, ProjectionError, Retry, RunnerConfig, catch_up, wait_for_position};
+use projections::pg::{self, Applied, ApplyError, PgProjection, PgTarget};
+use projections::{
+    PgRunner, ProjectionError, Retry, RunnerConfig, Target, catch_up, catch_up_on,
+    wait_for_position,
+};
 use sqlx::{PgConnection, PgPool};
 use tests::{TestBus, TestDb};
 use uuid::Uuid;
@@ -218,6 +221,76 @@ async fn a_poison_event_parks_its_projection_until_an_operator_skips_exactly_tha
         .await
         .unwrap();
     assert_eq!(applied, Applied::Through { position: 13 });
+    assert_eq!(totals(&db.app).await, expected(&ids, 3));
+
+    // The skip stays on the record: a rebuild from zero passes over that event too, and
+    // comes out identical.
+    let live = digest(&db.app).await;
+    let rebuilt = pg::rebuild(&db.app, &projection, &store.reader, None, 4, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(rebuilt.position, 13);
+    assert_eq!(digest(&db.app).await, live);
+}
+
+/// The ledger projection at version 2, whose table has one more column.
+struct LedgerV2(Ledger);
+
+impl PgProjection for LedgerV2 {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn version(&self) -> i32 {
+        2
+    }
+
+    fn wants(&self, event: &RecordedEvent) -> bool {
+        self.0.wants(event)
+    }
+
+    fn schema_sql(&self) -> &'static str {
+        "CREATE TABLE totals (aggregate_id text PRIMARY KEY, entries bigint NOT NULL, amount bigint NOT NULL, last_position bigint NOT NULL, note text)"
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&RecordedEvent],
+    ) -> Result<(), ApplyError> {
+        self.0.apply(conn, events).await
+    }
+}
+
+#[tokio::test]
+async fn a_projection_whose_version_changed_rebuilds_itself_when_its_worker_starts() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let ids = fill(&store, "ledger", 4, 3).await;
+    let v1 = PgTarget::new(db.app.clone(), Ledger::default());
+    v1.prepare(&store.reader, 100).await.unwrap();
+    catch_up_on(&v1, &store.reader, None, 5, Retry::default())
+        .await
+        .unwrap();
+    let columns = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM information_schema.columns
+              WHERE table_schema = 'rm_ledger' AND table_name = 'totals'",
+        )
+        .fetch_one(&db.app)
+        .await
+        .unwrap()
+    };
+    assert_eq!(columns().await, 4);
+
+    let v2 = PgTarget::new(db.app.clone(), LedgerV2(Ledger::default()));
+    v2.prepare(&store.reader, 5).await.unwrap();
+    assert_eq!(columns().await, 5, "the tables of version 2");
+    let checkpoint = pg::checkpoint(&db.app, "ledger").await.unwrap().unwrap();
+    assert_eq!((checkpoint.version, checkpoint.position), (2, 12));
+    assert_eq!(totals(&db.app).await, expected(&ids, 3));
+    // Started again, a current model is left alone.
+    v2.prepare(&store.reader, 5).await.unwrap();
     assert_eq!(totals(&db.app).await, expected(&ids, 3));
 }
 
