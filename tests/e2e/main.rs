@@ -5,6 +5,7 @@
 
 mod atomicity;
 mod bus;
+mod bus_faults;
 mod concurrency;
 mod cqrs_compat;
 mod identity;
