@@ -26,6 +26,13 @@ use crate::pg::{self, PgProjection, PgTarget};
 use crate::redis::RedisModel;
 use crate::{Applied, ProjectionError, Retry, Target, apply_or_park_on, catch_up_on};
 
+/// The wait before a runner tries again after its first failure; it doubles with each
+/// failure that follows, up to [`LAST_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+/// The longest wait between a runner's tries.
+const LAST_RETRY: Duration = Duration::from_secs(5);
+
 /// How a projection runner runs.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -178,11 +185,17 @@ impl<T: Target + 'static> Runner<T> {
     /// of NATS, Redis or PostgreSQL are retried; they never end the runner.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
         tokio::pin!(shutdown);
-        let mut wait = Duration::from_millis(100);
+        let mut wait = FIRST_RETRY;
         loop {
+            let started = tokio::time::Instant::now();
             tokio::select! {
                 () = &mut shutdown => return,
                 result = self.follow() => {
+                    // A runner that followed for a while before it failed starts its backoff
+                    // over: the failure is new, not the last of a series.
+                    if started.elapsed() > LAST_RETRY * 4 {
+                        wait = FIRST_RETRY;
+                    }
                     match result {
                         Err(ProjectionError::Parked { parked, .. }) => {
                             self.note(&Applied::Parked(parked));
@@ -193,7 +206,7 @@ impl<T: Target + 'static> Runner<T> {
                         Ok(()) => {}
                     }
                     sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
+                    wait = (wait * 2).min(LAST_RETRY);
                 }
             }
         }
