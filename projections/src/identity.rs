@@ -185,18 +185,9 @@ impl PgProjection for IdentityModel {
         events: &[&RecordedEvent],
     ) -> Result<(), ApplyError> {
         for event in events {
-            apply_event(conn, event).await.map_err(|problem| {
-                ApplyError::at(
-                    event.global_position,
-                    format!(
-                        "{} {} (aggregate {}, position {}): {problem}",
-                        event.aggregate_type,
-                        event.event_type,
-                        event.aggregate_id,
-                        event.global_position
-                    ),
-                )
-            })?;
+            apply_event(conn, event)
+                .await
+                .map_err(|problem| ApplyError::of(event, problem))?;
         }
         Ok(())
     }

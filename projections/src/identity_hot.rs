@@ -227,21 +227,9 @@ impl RedisProjection for IdentityHotModel {
 
     #[tracing::instrument(name = "identity_hot_apply", skip_all, fields(events = events.len()))]
     async fn apply(&self, stage: &mut Stage, events: &[&RecordedEvent]) -> Result<(), ApplyError> {
-        let fail = |event: &RecordedEvent, problem: String| {
-            ApplyError::at(
-                event.global_position,
-                format!(
-                    "{} {} (aggregate {}, position {}): {problem}",
-                    event.aggregate_type,
-                    event.event_type,
-                    event.aggregate_id,
-                    event.global_position
-                ),
-            )
-        };
         let mut changes = Vec::with_capacity(events.len());
         for event in events {
-            let change = change_of(event).map_err(|problem| fail(event, problem))?;
+            let change = change_of(event).map_err(|problem| ApplyError::of(event, problem))?;
             changes.push((*event, change));
         }
         stage.prefetch(&reads(&changes)).await?;
@@ -262,7 +250,7 @@ impl RedisProjection for IdentityHotModel {
                     Ok(())
                 }
             };
-            outcome.map_err(|problem| fail(event, problem))?;
+            outcome.map_err(|problem| ApplyError::of(event, problem))?;
         }
         for tenant in roles_changed {
             recompute_permissions(stage, tenant).await?;

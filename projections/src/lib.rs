@@ -95,6 +95,60 @@ impl Default for Retry {
     }
 }
 
+/// The part of a batch a model at `position` applies: the events after it, which must
+/// follow it without a gap, filtered to those the model `wants` and no operator skipped, with
+/// the position the batch ends at. `Err` says what to answer instead: nothing new, or a gap.
+pub(crate) fn fresh_part<'a>(
+    events: &'a [RecordedEvent],
+    position: i64,
+    wants: impl Fn(&RecordedEvent) -> bool,
+    skipped: &[i64],
+) -> Result<(Vec<&'a RecordedEvent>, i64), Applied> {
+    let fresh: Vec<&RecordedEvent> = events
+        .iter()
+        .filter(|event| event.global_position > position)
+        .collect();
+    let Some(last) = fresh.last().map(|event| event.global_position) else {
+        return Err(Applied::Through { position });
+    };
+    for (expected, event) in (position + 1..).zip(fresh.iter()) {
+        if event.global_position != expected {
+            return Err(Applied::Gap {
+                from: expected,
+                to: event.global_position - 1,
+            });
+        }
+    }
+    let wanted = fresh
+        .into_iter()
+        .filter(|event| wants(event) && skipped.binary_search(&event.global_position).is_err())
+        .collect();
+    Ok((wanted, last))
+}
+
+/// Asks `reached` until it says yes, or `timeout` passes; polls often at first, then every
+/// 20 ms. Returns whether it got there.
+pub(crate) async fn poll_until<F>(
+    timeout: Duration,
+    mut reached: impl FnMut() -> F,
+) -> Result<bool, ProjectionError>
+where
+    F: Future<Output = Result<bool, ProjectionError>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut wait = Duration::from_millis(1);
+    loop {
+        if reached().await? {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() + wait > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(20));
+    }
+}
+
 /// A read model a runner drives: where it stands, and a batch applied together with its
 /// checkpoint, atomically. PostgreSQL models ([`pg::PgTarget`]) and Redis models
 /// ([`redis::RedisModel`]) are targets; parking and skips are recorded in PostgreSQL for both,

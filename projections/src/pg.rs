@@ -60,6 +60,19 @@ impl ApplyError {
     }
 }
 
+impl ApplyError {
+    /// A failure of `event`, named by its aggregate, type and position.
+    pub fn of(event: &RecordedEvent, problem: impl std::fmt::Display) -> Self {
+        Self::at(
+            event.global_position,
+            format!(
+                "{} {} (aggregate {}, position {}): {problem}",
+                event.aggregate_type, event.event_type, event.aggregate_id, event.global_position
+            ),
+        )
+    }
+}
+
 impl From<sqlx::Error> for ApplyError {
     fn from(err: sqlx::Error) -> Self {
         Self {
@@ -381,33 +394,15 @@ pub async fn apply_batch<P: PgProjection>(
     if let Some(parked) = checkpoint.parked {
         return Ok(Applied::Parked(parked));
     }
-    let fresh: Vec<&RecordedEvent> = events
-        .iter()
-        .filter(|event| event.global_position > checkpoint.position)
-        .collect();
-    let Some(last) = fresh.last().map(|event| event.global_position) else {
-        return Ok(Applied::Through {
-            position: checkpoint.position,
-        });
+    let (wanted, last) = match crate::fresh_part(
+        events,
+        checkpoint.position,
+        |event| projection.wants(event),
+        &checkpoint.skipped,
+    ) {
+        Ok(part) => part,
+        Err(answer) => return Ok(answer),
     };
-    for (expected, event) in (checkpoint.position + 1..).zip(fresh.iter()) {
-        if event.global_position != expected {
-            return Ok(Applied::Gap {
-                from: expected,
-                to: event.global_position - 1,
-            });
-        }
-    }
-    let wanted: Vec<&RecordedEvent> = fresh
-        .into_iter()
-        .filter(|event| {
-            projection.wants(event)
-                && checkpoint
-                    .skipped
-                    .binary_search(&event.global_position)
-                    .is_err()
-        })
-        .collect();
     if !wanted.is_empty() {
         sqlx::query(&format!(
             "SET LOCAL search_path TO {}, public",

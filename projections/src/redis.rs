@@ -498,18 +498,10 @@ impl<P: RedisProjection> RedisModel<P> {
         position: i64,
         timeout: Duration,
     ) -> Result<bool, ProjectionError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut wait = Duration::from_millis(1);
-        loop {
-            if self.position().await?.is_some_and(|at| at >= position) {
-                return Ok(true);
-            }
-            if tokio::time::Instant::now() + wait > deadline {
-                return Ok(false);
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_millis(20));
-        }
+        crate::poll_until(timeout, || async {
+            Ok(self.position().await?.is_some_and(|at| at >= position))
+        })
+        .await
     }
 
     /// Applies `events` to `slot`: stages them from the slot's generation and commits them
@@ -527,30 +519,15 @@ impl<P: RedisProjection> RedisModel<P> {
                     self.projection.name().to_owned(),
                 )));
             };
-            let fresh: Vec<&RecordedEvent> = events
-                .iter()
-                .filter(|event| event.global_position > state.position)
-                .collect();
-            let Some(last) = fresh.last().map(|event| event.global_position) else {
-                return Ok(Applied::Through {
-                    position: state.position,
-                });
+            let (wanted, last) = match crate::fresh_part(
+                events,
+                state.position,
+                |event| self.projection.wants(event),
+                skipped,
+            ) {
+                Ok(part) => part,
+                Err(answer) => return Ok(answer),
             };
-            for (expected, event) in (state.position + 1..).zip(fresh.iter()) {
-                if event.global_position != expected {
-                    return Ok(Applied::Gap {
-                        from: expected,
-                        to: event.global_position - 1,
-                    });
-                }
-            }
-            let wanted: Vec<&RecordedEvent> = fresh
-                .into_iter()
-                .filter(|event| {
-                    self.projection.wants(event)
-                        && skipped.binary_search(&event.global_position).is_err()
-                })
-                .collect();
             let mut stage = Stage::new(self.conn.clone(), self.space(&state.generation));
             if !wanted.is_empty() {
                 let outcome = self.projection.apply(&mut stage, &wanted).await;

@@ -353,19 +353,10 @@ pub async fn wait_for_position(
     position: i64,
     timeout: Duration,
 ) -> Result<bool, ProjectionError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut wait = Duration::from_millis(1);
-    loop {
-        let reached = pg::checkpoint(pool, name)
+    crate::poll_until(timeout, || async {
+        Ok(pg::checkpoint(pool, name)
             .await?
-            .is_some_and(|checkpoint| checkpoint.position >= position);
-        if reached {
-            return Ok(true);
-        }
-        if tokio::time::Instant::now() + wait > deadline {
-            return Ok(false);
-        }
-        sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_millis(20));
-    }
+            .is_some_and(|checkpoint| checkpoint.position >= position))
+    })
+    .await
 }
