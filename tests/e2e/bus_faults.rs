@@ -15,63 +15,57 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull;
-use chrono::{DateTime, Utc};
 use commands::bus::Outcome;
-use commands::identity::{Clock as _, Identity, IdentityError};
-use commands::security::totp;
+use commands::identity::{Identity, IdentityError};
 use domain::identity::api_key::ApiKeyEvent;
-use domain::identity::rbac::{Permission, PermissionSet, RoleName};
+use domain::identity::rbac::{Permission, RoleName};
 use domain::identity::service_account::ServiceAccountEvent;
-use domain::identity::session::{Session, SessionCommand, SessionEvent};
-use domain::identity::tenant::{Tenant, TenantCommand, TenantEvent};
+use domain::identity::session::SessionEvent;
+use domain::identity::tenant::TenantEvent;
 use domain::identity::user::UserEvent;
 use eventstore::{
-    EventRepository, LogReader, PgSubjectKeys, ProtoEncoder, RecordedEvent, Relay, RelayConfig,
-    RelayStats, platform_cqrs,
+    EventRepository, LogReader, PgSubjectKeys, RecordedEvent, RelayConfig, RelayStats,
 };
 use futures::{StreamExt as _, TryStreamExt as _};
 use projections::identity::{AGGREGATE_TYPES, IdentityModel};
 use projections::pg::{ApplyError, PgProjection};
 use projections::runner::consumer_name;
-use projections::{PgRunner, RunnerConfig, RunnerStats, wait_for_position};
+use projections::{PgRunner, RunnerStats, wait_for_position};
 use serde::de::DeserializeOwned;
 use sqlx::PgConnection;
 use tests::{TestBus, TestDb};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::identity::{Fixture, OWNER_PASSWORD, anonymous, as_user, fixture};
+use crate::identity::{Fixture, OWNER_PASSWORD, anonymous, as_user, fixture, register};
+use crate::identity_models::{
+    create_acme, create_globex, delete_role, digests, expire_session, now, redefine_role, strings,
+    tick, totp_code, turn_mfa_on, uuid,
+};
+use crate::{assert_relayed, head, rows, runner_config, until};
 
 type Service = Identity<EventRepository, PgSubjectKeys>;
-
-/// Waits until `done` holds, failing after a generous bound so that a broken relay or
-/// runner ends the test instead of hanging it.
-async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    for _ in 0..1200 {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
 
 /// Starts a relay on a task of its own, over a NATS connection of its own: aborting the
 /// task kills the relay and its connections, as `kill -9` kills its process.
 async fn spawn_relay(db: &TestDb, config: RelayConfig) -> (JoinHandle<()>, Arc<RelayStats>) {
     let nats = async_nats::connect(tests::nats_url()).await.unwrap();
-    let relay = Relay::new(db.app.clone(), nats, config, ProtoEncoder);
-    let stats = relay.stats();
-    (tokio::spawn(relay.run(std::future::pending())), stats)
+    crate::spawn_relay(db, nats, config)
 }
 
-fn runner_config(bus: &TestBus, idle: Duration) -> RunnerConfig {
-    RunnerConfig {
-        subject_prefix: bus.prefix.clone(),
-        stream: bus.stream.clone(),
-        idle,
-        ..RunnerConfig::default()
-    }
+/// Starts a relay as [`spawn_relay`] does, and waits until it has created the test's
+/// stream.
+async fn spawn_relay_with_stream(
+    db: &TestDb,
+    bus: &TestBus,
+    config: RelayConfig,
+) -> (JoinHandle<()>, Arc<RelayStats>) {
+    let relay = spawn_relay(db, config).await;
+    until("the relay created the stream", async || {
+        bus.jetstream.get_stream(&bus.stream).await.is_ok()
+    })
+    .await;
+    relay
 }
 
 /// Starts a runner of the identity model on a task of its own.
@@ -108,14 +102,6 @@ async fn relay_checkpoint(db: &TestDb) -> i64 {
     eventstore::relay::checkpoint(&db.app, "relay")
         .await
         .unwrap()
-}
-
-async fn head(db: &TestDb) -> i64 {
-    LogReader::new(db.app.clone())
-        .head()
-        .await
-        .unwrap()
-        .position
 }
 
 /// Waits until the identity model's checkpoint is at `position`, and checks that it is
@@ -165,40 +151,29 @@ impl Rows {
 
     /// The same rows as the identity model holds them.
     async fn of_model(db: &TestDb) -> Rows {
-        async fn set<T>(db: &TestDb, sql: &str) -> BTreeSet<T>
-        where
-            T: Ord + Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
-        {
-            sqlx::query_as(sql)
-                .fetch_all(&db.app)
-                .await
-                .unwrap()
-                .into_iter()
-                .collect()
-        }
         Rows {
-            tenants: set(
-                db,
+            tenants: rows(
+                &db.app,
                 "SELECT tenant_id, name, status FROM rm_identity.tenants",
             )
             .await,
-            memberships: set(
-                db,
+            memberships: rows(
+                &db.app,
                 "SELECT tenant_id, principal, roles FROM rm_identity.memberships",
             )
             .await,
-            users: set(
-                db,
+            users: rows(
+                &db.app,
                 "SELECT user_id, tenant_id, status FROM rm_identity.users",
             )
             .await,
-            api_keys: set(
-                db,
+            api_keys: rows(
+                &db.app,
                 "SELECT key_id, tenant_id, revoked_at IS NOT NULL FROM rm_identity.api_keys",
             )
             .await,
-            sessions: set(
-                db,
+            sessions: rows(
+                &db.app,
                 "SELECT session_id, user_id, status FROM rm_identity.sessions",
             )
             .await,
@@ -214,15 +189,6 @@ impl Rows {
         assert_eq!(model.api_keys, self.api_keys, "API keys");
         assert_eq!(model.sessions, self.sessions, "sessions");
     }
-}
-
-fn uuid(text: &str) -> Uuid {
-    text.parse().unwrap()
-}
-
-fn roles(names: &[&str]) -> Vec<String> {
-    let sorted: BTreeSet<String> = names.iter().map(|name| (*name).to_owned()).collect();
-    sorted.into_iter().collect()
 }
 
 /// One tenant's life, as its people would live it: the tenant created (and renamed, for an
@@ -252,8 +218,11 @@ async fn tenant_life(identity: Service, i: usize) -> Rows {
     let tenant = created.tenant_id.to_string();
     let owner_id = created.owner_id.to_string();
     let owner = as_user(&owner_id);
-    rows.memberships
-        .insert((uuid(&tenant), format!("user:{owner_id}"), roles(&["owner"])));
+    rows.memberships.insert((
+        uuid(&tenant),
+        format!("user:{owner_id}"),
+        strings(&["owner"]),
+    ));
     rows.users
         .insert((uuid(&owner_id), uuid(&tenant), "active".into()));
     if i.is_multiple_of(2) {
@@ -290,7 +259,7 @@ async fn tenant_life(identity: Service, i: usize) -> Rows {
                     .await
                     .unwrap();
                 rows.memberships
-                    .insert((uuid(&tenant), principal, roles(&["admin", "viewer"])));
+                    .insert((uuid(&tenant), principal, strings(&["admin", "viewer"])));
             }
             1 => {
                 identity
@@ -298,7 +267,7 @@ async fn tenant_life(identity: Service, i: usize) -> Rows {
                     .await
                     .unwrap();
                 rows.memberships
-                    .insert((uuid(&tenant), principal, roles(&["member"])));
+                    .insert((uuid(&tenant), principal, strings(&["member"])));
             }
             _ => {
                 identity
@@ -442,47 +411,6 @@ impl PgProjection for FromTheLog {
     ) -> impl Future<Output = Result<(), ApplyError>> + Send {
         self.0.apply(conn, events)
     }
-}
-
-/// The identity model's tables with their keys.
-const TABLES: [(&str, &str); 8] = [
-    ("api_keys", "key_id"),
-    ("custom_roles", "tenant_id, name"),
-    ("effective_permissions", "tenant_id, principal"),
-    ("memberships", "tenant_id, principal"),
-    ("service_accounts", "account_id"),
-    ("sessions", "session_id"),
-    ("tenants", "tenant_id"),
-    ("users", "user_id"),
-];
-
-/// Per table of `schema`: its row count and the MD5 of all its rows in key order.
-async fn digests(db: &TestDb, schema: &str) -> BTreeMap<&'static str, (i64, String)> {
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1
-          ORDER BY 1",
-    )
-    .bind(schema)
-    .fetch_all(&db.admin)
-    .await
-    .unwrap();
-    let known: Vec<&str> = TABLES.iter().map(|(table, _)| *table).collect();
-    assert_eq!(
-        tables, known,
-        "the digests must cover every table of {schema}"
-    );
-    let mut out = BTreeMap::new();
-    for (table, key) in TABLES {
-        let digest: (i64, Option<String>) = sqlx::query_as(&format!(
-            "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY {key}))
-               FROM \"{schema}\".{table} t"
-        ))
-        .fetch_one(&db.admin)
-        .await
-        .unwrap();
-        out.insert(table, (digest.0, digest.1.unwrap_or_default()));
-    }
-    out
 }
 
 /// Rebuilds the identity model from the log through `head` beside the runner's, and asserts
@@ -658,24 +586,6 @@ async fn assert_every_identity_event_is_in_the_log(db: &TestDb) {
     assert_eq!(seen, expected);
 }
 
-fn tick(f: &Fixture) -> DateTime<Utc> {
-    f.clock.advance(chrono::Duration::seconds(1));
-    f.clock.now()
-}
-
-fn totp_code(f: &Fixture, secret: &str) -> String {
-    let secret = totp::TotpSecret::from_base32(secret).unwrap();
-    let step = totp::step_at(u64::try_from(f.clock.now().timestamp()).unwrap());
-    format!("{:06}", totp::code_at_step(&secret, step))
-}
-
-fn done<T, R>(outcome: Outcome<T, R>) -> T {
-    match outcome {
-        Outcome::Done(output) => output,
-        Outcome::Replayed(_) => panic!("a new command was replayed"),
-    }
-}
-
 /// The ids of what the flows of [`every_identity_flow`] touched.
 struct Touched {
     acme: Uuid,
@@ -702,23 +612,10 @@ async fn every_identity_flow(f: &Fixture, db: &TestDb) -> Touched {
     let mut sessions = BTreeMap::new();
 
     // Acme: created by Ada, who verifies her address; renamed; on another plan.
-    let (outcome, _) = id
-        .create_tenant(
-            &anon,
-            "Acme",
-            "free",
-            "ada@example.org",
-            "Ada Lovelace",
-            OWNER_PASSWORD,
-        )
-        .await
-        .unwrap();
-    let created = done(outcome);
-    let (acme, ada) = (created.tenant_id.to_string(), created.owner_id.to_string());
+    let (acme, ada, token) = create_acme(f).await;
+    let ada = ada.id;
     let owner = as_user(&ada);
-    id.verify_email(&anon, &ada, &created.verification_token.unwrap())
-        .await
-        .unwrap();
+    id.verify_email(&anon, &ada, &token).await.unwrap();
     tick(f);
     id.rename_tenant(&owner, &acme, "Acme Ltd").await.unwrap();
     id.change_plan(&owner, &acme, "team").await.unwrap();
@@ -727,17 +624,16 @@ async fn every_identity_flow(f: &Fixture, db: &TestDb) -> Touched {
     // password later.
     tick(f);
     let grace_password = "Grace has a long passphrase";
-    let (outcome, _) = id
-        .register(
-            &anon,
-            &acme,
-            "grace@example.org",
-            "Grace Hopper",
-            grace_password,
-        )
-        .await
-        .unwrap();
-    let grace = done(outcome).user_id.to_string();
+    let grace = register(
+        f,
+        &acme,
+        "grace@example.org",
+        "Grace Hopper",
+        grace_password,
+    )
+    .await
+    .user_id
+    .to_string();
     let grace_principal = format!("user:{grace}");
     id.add_member(&owner, &acme, &grace_principal, &["viewer"])
         .await
@@ -762,35 +658,17 @@ async fn every_identity_flow(f: &Fixture, db: &TestDb) -> Touched {
     id.define_role(&owner, &acme, "finance", &["billing:read"])
         .await
         .unwrap();
-    let tenants = platform_cqrs::<Tenant>(store.repository.clone(), vec![], ());
     let finance = RoleName::parse("finance").unwrap();
-    tenants
-        .execute_with_metadata(
-            &acme,
-            TenantCommand::RedefineRole {
-                name: finance.clone(),
-                permissions: [Permission::BillingRead, Permission::UsageRead]
-                    .into_iter()
-                    .collect(),
-                granted_by: PermissionSet::all(),
-                now: tick(f),
-            },
-            owner.to_map(),
-        )
-        .await
-        .unwrap();
-    tenants
-        .execute_with_metadata(
-            &acme,
-            TenantCommand::DeleteRole {
-                name: finance,
-                granted_by: PermissionSet::all(),
-                now: tick(f),
-            },
-            owner.to_map(),
-        )
-        .await
-        .unwrap();
+    redefine_role(
+        &store.repository,
+        &acme,
+        &finance,
+        &[Permission::BillingRead, Permission::UsageRead],
+        &owner,
+        tick(f),
+    )
+    .await;
+    delete_role(&store.repository, &acme, finance, &owner, tick(f)).await;
 
     // Linus is invited and accepts; five wrong passwords in a row lock him out.
     tick(f);
@@ -819,17 +697,16 @@ async fn every_identity_flow(f: &Fixture, db: &TestDb) -> Touched {
 
     // Mallory registers and is deactivated.
     tick(f);
-    let (outcome, _) = id
-        .register(
-            &anon,
-            &acme,
-            "mallory@example.org",
-            "Mallory Mal",
-            "Mallory has a long passphrase",
-        )
-        .await
-        .unwrap();
-    let mallory = done(outcome).user_id.to_string();
+    let mallory = register(
+        f,
+        &acme,
+        "mallory@example.org",
+        "Mallory Mal",
+        "Mallory has a long passphrase",
+    )
+    .await
+    .user_id
+    .to_string();
     id.deactivate_user(&owner, &acme, &mallory).await.unwrap();
 
     // Ada's sessions: one rotated twice, then a rotated token comes back; one signed out of.
@@ -895,23 +772,15 @@ async fn every_identity_flow(f: &Fixture, db: &TestDb) -> Touched {
     // Ada turns MFA on, signs in with a TOTP code, then with a recovery code, and turns
     // MFA off again.
     tick(f);
-    let enrollment = id
-        .start_totp_enrollment(&owner, "Platform", "ada@example.org")
-        .await
-        .unwrap();
-    let recovery = id
-        .confirm_totp(&owner, &totp_code(f, &enrollment.secret))
-        .await
-        .unwrap();
-    f.clock.advance(chrono::Duration::seconds(30));
-    let opened = f.clock.now();
+    let (secret, recovery) = turn_mfa_on(f, &owner, "ada@example.org").await;
+    let opened = now(f);
     let (with_totp, _) = id
         .login_with_code(
             &anon,
             &acme,
             "ada@example.org",
             OWNER_PASSWORD,
-            Some(&totp_code(f, &enrollment.secret)),
+            Some(&totp_code(f, &secret)),
         )
         .await
         .unwrap();
@@ -927,21 +796,18 @@ async fn every_identity_flow(f: &Fixture, db: &TestDb) -> Touched {
         .await
         .unwrap();
     f.clock.advance(chrono::Duration::seconds(30));
-    id.disable_mfa(&owner, &totp_code(f, &enrollment.secret))
+    id.disable_mfa(&owner, &totp_code(f, &secret))
         .await
         .unwrap();
     sessions.insert("open", with_recovery.session_id.as_uuid());
 
     // The TOTP session lives out its lifetime.
-    platform_cqrs::<Session>(store.repository.clone(), vec![], ())
-        .execute(
-            &with_totp.session_id.to_string(),
-            SessionCommand::Expire {
-                now: opened + chrono::Duration::days(30) + chrono::Duration::seconds(1),
-            },
-        )
-        .await
-        .unwrap();
+    expire_session(
+        &store.repository,
+        &with_totp.session_id.to_string(),
+        opened + chrono::Duration::days(30) + chrono::Duration::seconds(1),
+    )
+    .await;
     sessions.insert("expired", with_totp.session_id.as_uuid());
 
     // Ada moves to another address.
@@ -987,19 +853,8 @@ async fn every_identity_flow(f: &Fixture, db: &TestDb) -> Touched {
 
     // Globex: suspended, reactivated and closed by its owner.
     tick(f);
-    let (outcome, _) = id
-        .create_tenant(
-            &anon,
-            "Globex",
-            "free",
-            "hank@example.org",
-            "Hank Scorpio",
-            "Hank has a long passphrase",
-        )
-        .await
-        .unwrap();
-    let created = done(outcome);
-    let (globex, hank) = (created.tenant_id.to_string(), created.owner_id.to_string());
+    let (globex, hank, _) = create_globex(f).await;
+    let hank = hank.id;
     let boss = as_user(&hank);
     id.suspend_tenant(&boss, &globex, "audit").await.unwrap();
     tick(f);
@@ -1026,11 +881,7 @@ async fn every_identity_event_travels_from_its_command_through_jetstream_into_th
     let db = TestDb::new().await;
     let bus = TestBus::new().await;
     let f = fixture(&db);
-    let (relay, relay_stats) = spawn_relay(&db, bus.relay_config()).await;
-    until("the relay created the stream", async || {
-        bus.jetstream.get_stream(&bus.stream).await.is_ok()
-    })
-    .await;
+    let (relay, relay_stats) = spawn_relay_with_stream(&db, &bus, bus.relay_config()).await;
     // A long idle time: the runner reads the events from the bus, not from the log.
     let (runner, runner_stats) = spawn_runner(&db, &bus, Duration::from_secs(3));
     until("the runner follows the stream", async || {
@@ -1040,14 +891,7 @@ async fn every_identity_event_travels_from_its_command_through_jetstream_into_th
 
     let t = every_identity_flow(&f, &db).await;
     let head = head(&db).await;
-    until("the relay published the whole log", async || {
-        relay_stats.acked_position() == head
-    })
-    .await;
-    assert_eq!(
-        bus.positions(&bus.stream).await,
-        (1..=head).collect::<Vec<_>>()
-    );
+    assert_relayed(&bus, &relay_stats, head).await;
     wait_for_model(&db, &runner_stats, head).await;
     // Every event comes to the runner through the bus, whichever way it was applied first.
     until("the bus delivered every event to the runner", async || {
@@ -1061,13 +905,11 @@ async fn every_identity_event_travels_from_its_command_through_jetstream_into_th
     assert_every_identity_event_is_in_the_log(&db).await;
 
     // What the flows did, as the test knows it.
-    let tenants: BTreeSet<(Uuid, String, String, String)> =
-        sqlx::query_as("SELECT tenant_id, name, plan, status FROM rm_identity.tenants")
-            .fetch_all(&db.app)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
+    let tenants: BTreeSet<(Uuid, String, String, String)> = rows(
+        &db.app,
+        "SELECT tenant_id, name, plan, status FROM rm_identity.tenants",
+    )
+    .await;
     assert_eq!(
         tenants,
         [
@@ -1078,13 +920,11 @@ async fn every_identity_event_travels_from_its_command_through_jetstream_into_th
         .map(|(id, name, plan, status)| (id, name.into(), plan.into(), status.into()))
         .collect()
     );
-    let memberships: BTreeSet<(Uuid, String, Vec<String>)> =
-        sqlx::query_as("SELECT tenant_id, principal, roles FROM rm_identity.memberships")
-            .fetch_all(&db.app)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
+    let memberships: BTreeSet<(Uuid, String, Vec<String>)> = rows(
+        &db.app,
+        "SELECT tenant_id, principal, roles FROM rm_identity.memberships",
+    )
+    .await;
     assert_eq!(
         memberships,
         [
@@ -1094,30 +934,27 @@ async fn every_identity_event_travels_from_its_command_through_jetstream_into_th
             (t.globex, t.hank, "owner"),
         ]
         .into_iter()
-        .map(|(tenant, user, role)| (tenant, format!("user:{user}"), roles(&[role])))
+        .map(|(tenant, user, role)| (tenant, format!("user:{user}"), strings(&[role])))
         .collect()
     );
-    let custom_roles: Vec<(Uuid, String, Vec<String>)> =
-        sqlx::query_as("SELECT tenant_id, name, permissions FROM rm_identity.custom_roles")
-            .fetch_all(&db.app)
-            .await
-            .unwrap();
+    let custom_roles: Vec<(Uuid, String, Vec<String>)> = rows(
+        &db.app,
+        "SELECT tenant_id, name, permissions FROM rm_identity.custom_roles",
+    )
+    .await;
     assert_eq!(
         custom_roles,
         [(
             t.acme,
             "support-lead".to_owned(),
-            roles(&["sessions:read", "users:read"])
+            strings(&["sessions:read", "users:read"])
         )]
     );
-    let users: BTreeSet<(Uuid, String, bool, bool, i32)> = sqlx::query_as(
+    let users: BTreeSet<(Uuid, String, bool, bool, i32)> = rows(
+        &db.app,
         "SELECT user_id, status, email_verified, mfa_enabled, lockouts FROM rm_identity.users",
     )
-    .fetch_all(&db.app)
-    .await
-    .unwrap()
-    .into_iter()
-    .collect();
+    .await;
     assert_eq!(
         users,
         [
@@ -1133,14 +970,11 @@ async fn every_identity_event_travels_from_its_command_through_jetstream_into_th
         .map(|(id, status, verified, mfa, lockouts)| (id, status.into(), verified, mfa, lockouts))
         .collect()
     );
-    let sessions: BTreeSet<(Uuid, Uuid, String, Option<String>)> = sqlx::query_as(
+    let sessions: BTreeSet<(Uuid, Uuid, String, Option<String>)> = rows(
+        &db.app,
         "SELECT session_id, user_id, status, revoke_reason FROM rm_identity.sessions",
     )
-    .fetch_all(&db.app)
-    .await
-    .unwrap()
-    .into_iter()
-    .collect();
+    .await;
     let session = |name: &str| t.sessions[name];
     assert_eq!(
         sessions,
@@ -1160,18 +994,17 @@ async fn every_identity_event_travels_from_its_command_through_jetstream_into_th
         .map(|(id, user, status, reason)| (id, user, status.into(), reason.map(str::to_owned)))
         .collect()
     );
-    let keys: Vec<(Uuid, bool)> =
-        sqlx::query_as("SELECT key_id, revoked_at IS NOT NULL FROM rm_identity.api_keys")
-            .fetch_all(&db.app)
-            .await
-            .unwrap();
+    let keys: Vec<(Uuid, bool)> = rows(
+        &db.app,
+        "SELECT key_id, revoked_at IS NOT NULL FROM rm_identity.api_keys",
+    )
+    .await;
     assert_eq!(keys, [(t.key, true)]);
-    let accounts: Vec<(Uuid, String, bool, Vec<Uuid>)> = sqlx::query_as(
+    let accounts: Vec<(Uuid, String, bool, Vec<Uuid>)> = rows(
+        &db.app,
         "SELECT account_id, name, enabled, active_secret_ids FROM rm_identity.service_accounts",
     )
-    .fetch_all(&db.app)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(accounts, [(t.robot, "robot-2".to_owned(), true, vec![])]);
 
     // And every table, column for column, equal to the model rebuilt from the log.
@@ -1194,11 +1027,7 @@ async fn relays_killed_again_and_again_under_load_leave_the_stream_whole_and_the
         ..bus.relay_config()
     };
     // The runner needs the stream; a first relay creates it and is killed at once.
-    let (relay, _) = spawn_relay(&db, config.clone()).await;
-    until("the relay created the stream", async || {
-        bus.jetstream.get_stream(&bus.stream).await.is_ok()
-    })
-    .await;
+    let (relay, _) = spawn_relay_with_stream(&db, &bus, config.clone()).await;
     relay.abort();
     let _ = relay.await;
     let (runner, runner_stats) = spawn_runner(&db, &bus, Duration::from_millis(500));
@@ -1269,11 +1098,7 @@ async fn a_stream_purged_and_deleted_under_load_is_refilled_and_the_read_model_c
     let db = TestDb::new().await;
     let bus = TestBus::new().await;
     let f = fixture(&db);
-    let (relay, relay_stats) = spawn_relay(&db, bus.relay_config()).await;
-    until("the relay created the stream", async || {
-        bus.jetstream.get_stream(&bus.stream).await.is_ok()
-    })
-    .await;
+    let (relay, relay_stats) = spawn_relay_with_stream(&db, &bus, bus.relay_config()).await;
     let (runner, runner_stats) = spawn_runner(&db, &bus, Duration::from_millis(500));
 
     // The stream loses what it holds, then is lost altogether, while commands go on.
@@ -1636,11 +1461,7 @@ async fn a_consumer_built_from_the_proto_files_alone_verifies_every_envelope_and
     let db = TestDb::new().await;
     let bus = TestBus::new().await;
     let f = fixture(&db);
-    let (relay, _) = spawn_relay(&db, bus.relay_config()).await;
-    until("the relay created the stream", async || {
-        bus.jetstream.get_stream(&bus.stream).await.is_ok()
-    })
-    .await;
+    let (relay, _) = spawn_relay_with_stream(&db, &bus, bus.relay_config()).await;
 
     // The consumer subscribes with plain async-nats, and follows the stream live.
     let (target, mut reached) = tokio::sync::watch::channel(u64::MAX);
@@ -1705,11 +1526,11 @@ async fn a_consumer_built_from_the_proto_files_alone_verifies_every_envelope_and
         "an identity event without its typed payload"
     );
     // The envelopes are the log's rows: the hash and event id of every position.
-    let log: Vec<(i64, Uuid, Vec<u8>)> =
-        sqlx::query_as("SELECT global_position, event_id, hash FROM events ORDER BY 1")
-            .fetch_all(&db.app)
-            .await
-            .unwrap();
+    let log: Vec<(i64, Uuid, Vec<u8>)> = rows(
+        &db.app,
+        "SELECT global_position, event_id, hash FROM events ORDER BY 1",
+    )
+    .await;
     let received: Vec<(i64, Uuid, Vec<u8>)> = applied
         .iter()
         .map(|e| {

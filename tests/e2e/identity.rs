@@ -6,16 +6,18 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 use commands::bus::Outcome;
-use commands::identity::{Clock, Identity, IdentityError};
+use commands::identity::{Clock, Identity, IdentityError, LoginOutcome, Registered};
 use commands::privacy::MasterKey;
 use commands::privacy::{self, Opened, SubjectKeys};
-use commands::security::password::Argon2id;
+use commands::security::password::{Argon2id, PasswordHasher};
 use commands::{ClientIp, CommandMetadata};
 use domain::ActorKind;
 use domain::personal::PersonalData;
 use eventstore::{EventRepository, PgSubjectKeys};
 use tests::TestDb;
 use uuid::Uuid;
+
+use crate::events_in_log;
 
 /// A clock the test moves by hand.
 #[derive(Debug)]
@@ -43,14 +45,27 @@ pub(crate) struct Fixture {
 }
 
 pub(crate) fn fixture(db: &TestDb) -> Fixture {
+    fixture_with(
+        db,
+        &MasterKey::from_bytes([9; 32]),
+        Arc::new(Argon2id::owasp()),
+    )
+}
+
+/// The identity service over `db`'s event store, with `master` and `hasher`, on a clock
+/// the test moves; call it inside the runtime, which runs the store's tasks.
+pub(crate) fn fixture_with(
+    db: &TestDb,
+    master: &MasterKey,
+    hasher: Arc<dyn PasswordHasher>,
+) -> Fixture {
     let store = db.store();
-    let master = MasterKey::from_bytes([9; 32]);
     let clock = Arc::new(TestClock(Mutex::new(Utc::now())));
     let identity = Identity::new(
         store.repository.clone(),
         PgSubjectKeys::new(db.app.clone(), master.key_wrapping_key()),
-        Arc::new(Argon2id::owasp()),
-        &master,
+        hasher,
+        master,
         clock.clone(),
     );
     Fixture { identity, clock }
@@ -93,16 +108,70 @@ pub(crate) async fn new_tenant(f: &Fixture) -> (String, String) {
     (created.tenant_id.to_string(), created.owner_id.to_string())
 }
 
+/// Ada, the owner of [`new_tenant`], logs in with her password.
+async fn ada_logs_in(f: &Fixture, tenant: &str) -> LoginOutcome {
+    let (login, _) = f
+        .identity
+        .login(&anonymous(), tenant, "ada@example.org", OWNER_PASSWORD)
+        .await
+        .unwrap();
+    login
+}
+
+/// Ada, MFA on, logs in with `code`: a TOTP code or a recovery code.
+async fn ada_logs_in_with(
+    f: &Fixture,
+    tenant: &str,
+    code: &str,
+) -> Result<(LoginOutcome, Option<i64>), IdentityError> {
+    f.identity
+        .login_with_code(
+            &anonymous(),
+            tenant,
+            "ada@example.org",
+            OWNER_PASSWORD,
+            Some(code),
+        )
+        .await
+}
+
+/// Registers a new user of `tenant`; a replay fails the test.
+pub(crate) async fn register(
+    f: &Fixture,
+    tenant: &str,
+    email: &str,
+    name: &str,
+    password: &str,
+) -> Registered {
+    let (registered, _) = f
+        .identity
+        .register(&anonymous(), tenant, email, name, password)
+        .await
+        .unwrap();
+    let Outcome::Done(registered) = registered else {
+        panic!("replayed")
+    };
+    registered
+}
+
+/// Registers Grace Hopper in `tenant`.
+pub(crate) async fn register_grace(f: &Fixture, tenant: &str) -> Registered {
+    let password = "a long and unusual passphrase";
+    register(f, tenant, "grace@example.org", "Grace Hopper", password).await
+}
+
+/// Registers Linus in `tenant`.
+pub(crate) async fn register_linus(f: &Fixture, tenant: &str) -> Registered {
+    let password = "another long passphrase here";
+    register(f, tenant, "linus@example.org", "Linus T", password).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_starts_with_its_owner_who_can_log_in_and_rotate_tokens() {
     let db = TestDb::new().await;
     let f = fixture(&db);
     let (tenant, owner) = new_tenant(&f).await;
-    let (login, _) = f
-        .identity
-        .login(&anonymous(), &tenant, "ada@example.org", OWNER_PASSWORD)
-        .await
-        .unwrap();
+    let login = ada_logs_in(&f, &tenant).await;
     assert_eq!(login.user_id.to_string(), owner);
     let session = login.session_id.to_string();
 
@@ -156,16 +225,9 @@ async fn events_land_in_their_aggregates_tenant_chain_and_a_command_naming_anoth
     let db = TestDb::new().await;
     let f = fixture(&db);
     let (tenant, _) = new_tenant(&f).await;
-    let (login, _) = f
-        .identity
-        .login(&anonymous(), &tenant, "ada@example.org", OWNER_PASSWORD)
-        .await
-        .unwrap();
+    let login = ada_logs_in(&f, &tenant).await;
     let session = login.session_id.to_string();
-    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&db.app)
-        .await
-        .unwrap();
+    let before = events_in_log(&db).await;
 
     // A refresh whose caller claims another tenant touches a session of this one.
     let elsewhere = CommandMetadata::new("anonymous", ActorKind::Anonymous, Some(Uuid::now_v7()));
@@ -179,10 +241,7 @@ async fn events_land_in_their_aggregates_tenant_chain_and_a_command_naming_anoth
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&db.app)
-        .await
-        .unwrap();
+    let after = events_in_log(&db).await;
     assert_eq!(before, after, "a refused command wrote events");
 
     // Named by nobody, the refresh is recorded in the session's tenant chain.
@@ -273,44 +332,28 @@ async fn an_idempotent_registration_retry_appends_no_new_events() {
     let (tenant, _) = new_tenant(&f).await;
     let mut metadata = anonymous();
     metadata.idempotency_key = Some("signup-7".into());
-    let (first, position) = f
-        .identity
-        .register(
+    // The same registration, with the same key, twice.
+    let sign_up = || {
+        f.identity.register(
             &metadata,
             &tenant,
             "grace@example.org",
             "Grace Hopper",
             "a long and unusual passphrase",
         )
-        .await
-        .unwrap();
+    };
+    let (first, position) = sign_up().await.unwrap();
     let Outcome::Done(registered) = first else {
         panic!("the first registration was a replay")
     };
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&db.app)
-        .await
-        .unwrap();
-    let (again, replayed_position) = f
-        .identity
-        .register(
-            &metadata,
-            &tenant,
-            "grace@example.org",
-            "Grace Hopper",
-            "a long and unusual passphrase",
-        )
-        .await
-        .unwrap();
+    let events = events_in_log(&db).await;
+    let (again, replayed_position) = sign_up().await.unwrap();
     match again {
         Outcome::Replayed(replayed) => assert_eq!(replayed.user_id, registered.user_id),
         Outcome::Done(_) => panic!("the retry ran again"),
     }
     assert_eq!(replayed_position, position);
-    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&db.app)
-        .await
-        .unwrap();
+    let after = events_in_log(&db).await;
     assert_eq!(after, events, "the retry appended events");
 }
 
@@ -351,15 +394,9 @@ async fn five_wrong_passwords_lock_the_account_until_the_lock_expires() {
         other => panic!("a locked account logged in: {other:?}"),
     }
     f.clock.advance(Duration::minutes(6));
-    f.identity
-        .login(&anonymous(), &tenant, "ada@example.org", OWNER_PASSWORD)
-        .await
-        .unwrap();
+    ada_logs_in(&f, &tenant).await;
     // An unknown address fails the same way, and records nothing.
-    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&db.app)
-        .await
-        .unwrap();
+    let before = events_in_log(&db).await;
     match f
         .identity
         .login(&anonymous(), &tenant, "nobody@example.org", OWNER_PASSWORD)
@@ -371,10 +408,7 @@ async fn five_wrong_passwords_lock_the_account_until_the_lock_expires() {
         }) => {}
         other => panic!("expected a failure, got {other:?}"),
     }
-    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&db.app)
-        .await
-        .unwrap();
+    let after = events_in_log(&db).await;
     assert_eq!(before, after);
 }
 
@@ -383,24 +417,8 @@ async fn a_command_the_actor_may_not_issue_is_denied_and_appends_nothing() {
     let db = TestDb::new().await;
     let f = fixture(&db);
     let (tenant, owner) = new_tenant(&f).await;
-    let (registered, _) = f
-        .identity
-        .register(
-            &anonymous(),
-            &tenant,
-            "grace@example.org",
-            "Grace Hopper",
-            "a long and unusual passphrase",
-        )
-        .await
-        .unwrap();
-    let Outcome::Done(grace) = registered else {
-        panic!("replayed")
-    };
-    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&db.app)
-        .await
-        .unwrap();
+    let grace = register_grace(&f, &tenant).await;
+    let before = events_in_log(&db).await;
     match f
         .identity
         .rename_tenant(&as_user(&grace.user_id), &tenant, "Grace Inc")
@@ -411,10 +429,7 @@ async fn a_command_the_actor_may_not_issue_is_denied_and_appends_nothing() {
         }
         other => panic!("expected a denial, got {other:?}"),
     }
-    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&db.app)
-        .await
-        .unwrap();
+    let after = events_in_log(&db).await;
     assert_eq!(before, after, "a denied command wrote events");
     f.identity
         .rename_tenant(&as_user(&owner), &tenant, "Acme Worldwide")
@@ -606,29 +621,9 @@ async fn with_totp_enabled_a_login_needs_a_fresh_code_or_an_unused_recovery_code
     // The confirming code's step is spent; the next step's code works, once.
     f.clock.advance(Duration::seconds(30));
     let code = code_at(&f, &enrollment.secret, 0);
-    let (login, _) = f
-        .identity
-        .login_with_code(
-            &anonymous(),
-            &tenant,
-            "ada@example.org",
-            OWNER_PASSWORD,
-            Some(&code),
-        )
-        .await
-        .unwrap();
+    let (login, _) = ada_logs_in_with(&f, &tenant, &code).await.unwrap();
     assert_eq!(login.user_id.to_string(), owner);
-    match f
-        .identity
-        .login_with_code(
-            &anonymous(),
-            &tenant,
-            "ada@example.org",
-            OWNER_PASSWORD,
-            Some(&code),
-        )
-        .await
-    {
+    match ada_logs_in_with(&f, &tenant, &code).await {
         Err(IdentityError::Unauthenticated {
             reason: "code_already_used",
             ..
@@ -636,27 +631,9 @@ async fn with_totp_enabled_a_login_needs_a_fresh_code_or_an_unused_recovery_code
         other => panic!("a code was accepted twice: {other:?}"),
     }
     // A recovery code works once.
-    f.identity
-        .login_with_code(
-            &anonymous(),
-            &tenant,
-            "ada@example.org",
-            OWNER_PASSWORD,
-            Some(&recovery[0]),
-        )
-        .await
-        .unwrap();
+    ada_logs_in_with(&f, &tenant, &recovery[0]).await.unwrap();
     assert!(
-        f.identity
-            .login_with_code(
-                &anonymous(),
-                &tenant,
-                "ada@example.org",
-                OWNER_PASSWORD,
-                Some(&recovery[0])
-            )
-            .await
-            .is_err(),
+        ada_logs_in_with(&f, &tenant, &recovery[0]).await.is_err(),
         "a recovery code worked twice"
     );
     // Disabling MFA needs a fresh code.
@@ -665,10 +642,7 @@ async fn with_totp_enabled_a_login_needs_a_fresh_code_or_an_unused_recovery_code
         .disable_mfa(&me, &code_at(&f, &enrollment.secret, 0))
         .await
         .unwrap();
-    f.identity
-        .login(&anonymous(), &tenant, "ada@example.org", OWNER_PASSWORD)
-        .await
-        .unwrap();
+    ada_logs_in(&f, &tenant).await;
     assert_eq!(count(&db, "TotpCodeUsed").await, 1);
     assert_eq!(count(&db, "RecoveryCodeUsed").await, 1);
     assert_eq!(count(&db, "MfaDisabled").await, 1);
@@ -708,20 +682,7 @@ async fn an_api_key_is_shown_once_stored_hashed_and_scoped_within_its_creator() 
     );
 
     // A user without roles cannot create keys at all.
-    let (registered, _) = f
-        .identity
-        .register(
-            &anonymous(),
-            &tenant,
-            "grace@example.org",
-            "Grace Hopper",
-            "a long and unusual passphrase",
-        )
-        .await
-        .unwrap();
-    let Outcome::Done(grace) = registered else {
-        panic!("replayed")
-    };
+    let grace = register_grace(&f, &tenant).await;
     match f
         .identity
         .create_api_key(
@@ -767,11 +728,7 @@ async fn a_user_logs_out_one_session_or_revokes_them_all() {
     let db = TestDb::new().await;
     let f = fixture(&db);
     let (tenant, owner) = new_tenant(&f).await;
-    let (login, _) = f
-        .identity
-        .login(&anonymous(), &tenant, "ada@example.org", OWNER_PASSWORD)
-        .await
-        .unwrap();
+    let login = ada_logs_in(&f, &tenant).await;
     let session = login.session_id.to_string();
     // Someone else cannot end it.
     match f
@@ -912,17 +869,18 @@ async fn a_suspended_tenant_takes_no_registrations_until_it_is_reactivated() {
         .suspend_tenant(&as_user(&owner), &tenant, "unpaid invoices")
         .await
         .unwrap();
-    match f
-        .identity
-        .register(
-            &anonymous(),
+    // The same registration, refused while the tenant is suspended and taken after.
+    let anon = anonymous();
+    let sign_up = || {
+        f.identity.register(
+            &anon,
             &tenant,
             "grace@example.org",
             "Grace",
             "a long and unusual passphrase",
         )
-        .await
-    {
+    };
+    match sign_up().await {
         Err(IdentityError::Refused {
             reason: "tenant_inactive",
             ..
@@ -933,16 +891,7 @@ async fn a_suspended_tenant_takes_no_registrations_until_it_is_reactivated() {
         .reactivate_tenant(&as_user(&owner), &tenant)
         .await
         .unwrap();
-    f.identity
-        .register(
-            &anonymous(),
-            &tenant,
-            "grace@example.org",
-            "Grace",
-            "a long and unusual passphrase",
-        )
-        .await
-        .unwrap();
+    sign_up().await.unwrap();
     f.identity
         .close_tenant(&as_user(&owner), &tenant, "moving on")
         .await
@@ -965,11 +914,7 @@ async fn changing_the_password_ends_every_earlier_session() {
     let db = TestDb::new().await;
     let f = fixture(&db);
     let (tenant, owner) = new_tenant(&f).await;
-    let (login, _) = f
-        .identity
-        .login(&anonymous(), &tenant, "ada@example.org", OWNER_PASSWORD)
-        .await
-        .unwrap();
+    let login = ada_logs_in(&f, &tenant).await;
     match f
         .identity
         .change_password(
@@ -1043,20 +988,7 @@ async fn an_email_is_verified_with_its_token_and_a_deactivated_user_cannot_log_i
     let db = TestDb::new().await;
     let f = fixture(&db);
     let (tenant, owner) = new_tenant(&f).await;
-    let (registered, _) = f
-        .identity
-        .register(
-            &anonymous(),
-            &tenant,
-            "grace@example.org",
-            "Grace Hopper",
-            "a long and unusual passphrase",
-        )
-        .await
-        .unwrap();
-    let Outcome::Done(grace) = registered else {
-        panic!("replayed")
-    };
+    let grace = register_grace(&f, &tenant).await;
     let user = grace.user_id.to_string();
     assert!(
         f.identity
@@ -1113,27 +1045,11 @@ async fn a_changed_email_moves_the_claim_and_is_unverified_until_its_token_comes
     let f = fixture(&db);
     let (tenant, owner) = new_tenant(&f).await;
     let ada = as_user(&owner);
-    let (registered, _) = f
-        .identity
-        .register(
-            &anonymous(),
-            &tenant,
-            "grace@example.org",
-            "Grace Hopper",
-            "a long and unusual passphrase",
-        )
-        .await
-        .unwrap();
-    let Outcome::Done(grace) = registered else {
-        panic!("replayed")
-    };
+    let grace = register_grace(&f, &tenant).await;
     let grace = as_user(&grace.user_id);
 
     // Refusals first: none of them writes anything.
-    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&db.app)
-        .await
-        .unwrap();
+    let before = events_in_log(&db).await;
     let cases: [(&CommandMetadata, &str, &str, &str); 4] = [
         (
             &ada,
@@ -1158,10 +1074,7 @@ async fn a_changed_email_moves_the_claim_and_is_unverified_until_its_token_comes
             other => panic!("expected {expected}, got {other:?}"),
         }
     }
-    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&db.app)
-        .await
-        .unwrap();
+    let after = events_in_log(&db).await;
     assert_eq!(after, before, "a refused email change wrote events");
 
     let (token, position) = f
@@ -1226,27 +1139,8 @@ async fn a_registered_user_becomes_a_member_only_of_their_own_tenant_and_within_
     let f = fixture(&db);
     let (tenant, owner) = new_tenant(&f).await;
     let (other_tenant, _) = new_tenant(&f).await;
-    let register = |tenant: String| {
-        let identity = &f.identity;
-        async move {
-            let (registered, _) = identity
-                .register(
-                    &anonymous(),
-                    &tenant,
-                    "grace@example.org",
-                    "Grace Hopper",
-                    "a long and unusual passphrase",
-                )
-                .await
-                .unwrap();
-            let Outcome::Done(grace) = registered else {
-                panic!("replayed")
-            };
-            format!("user:{}", grace.user_id)
-        }
-    };
-    let grace = register(tenant.clone()).await;
-    let stranger = register(other_tenant.clone()).await;
+    let grace = format!("user:{}", register_grace(&f, &tenant).await.user_id);
+    let stranger = format!("user:{}", register_grace(&f, &other_tenant).await.user_id);
     let ada = as_user(&owner);
 
     match f
@@ -1276,20 +1170,7 @@ async fn a_registered_user_becomes_a_member_only_of_their_own_tenant_and_within_
     }
     // An admin is not an owner, and cannot make anyone one.
     let grace_id = grace.trim_start_matches("user:").to_owned();
-    let (linus, _) = f
-        .identity
-        .register(
-            &anonymous(),
-            &tenant,
-            "linus@example.org",
-            "Linus T",
-            "another long passphrase here",
-        )
-        .await
-        .unwrap();
-    let Outcome::Done(linus) = linus else {
-        panic!("replayed")
-    };
+    let linus = register_linus(&f, &tenant).await;
     match f
         .identity
         .add_member(

@@ -8,12 +8,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use eventstore::{LogReader, ProtoEncoder, Relay};
+use eventstore::LogReader;
 use projections::identity_hot::{IdentityHot, IdentityHotModel, NAME};
 use projections::redis::{Hash, Lookup, RedisModel, Stage};
 use projections::{
-    Applied, ApplyError, RedisProjection, RedisRunner, Retry, RunnerConfig, Target,
-    apply_or_park_on, catch_up_on,
+    Applied, ApplyError, RedisProjection, RedisRunner, Retry, Target, apply_or_park_on, catch_up_on,
 };
 use serde_json::json;
 use tests::{TestBus, TestDb, TestRedis};
@@ -21,6 +20,7 @@ use uuid::Uuid;
 
 use crate::identity::{OWNER_PASSWORD, fixture};
 use crate::identity_models::{World, all_events, append_raw, build, run_flows, uuid};
+use crate::{head, quick_retry, rows, runner_config, spawn_relay};
 
 type Dump = BTreeMap<String, Hash>;
 
@@ -41,14 +41,6 @@ async fn dump<P: RedisProjection>(model: &RedisModel<P>) -> (i64, Dump) {
     model.dump().await.unwrap().expect("a live model")
 }
 
-async fn head(db: &TestDb) -> i64 {
-    LogReader::new(db.app.clone())
-        .head()
-        .await
-        .unwrap()
-        .position
-}
-
 fn found<T>(lookup: Lookup<T>) -> Option<T> {
     match lookup {
         Lookup::Found { value, .. } => value,
@@ -59,12 +51,11 @@ fn found<T>(lookup: Lookup<T>) -> Option<T> {
 /// Checks every answer of the hot model against the PostgreSQL identity model's rows, and
 /// against what the flows did.
 async fn check_against_postgres(db: &TestDb, hot: &IdentityHot, w: &World) {
-    let perms: Vec<(Uuid, String, Vec<String>)> = sqlx::query_as(
+    let perms: Vec<(Uuid, String, Vec<String>)> = rows(
+        &db.admin,
         "SELECT tenant_id, principal, permissions FROM rm_identity.effective_permissions",
     )
-    .fetch_all(&db.admin)
-    .await
-    .unwrap();
+    .await;
     assert!(perms.len() > 5, "the flows made members");
     for (tenant, principal, permissions) in &perms {
         assert_eq!(
@@ -80,11 +71,11 @@ async fn check_against_postgres(db: &TestDb, hot: &IdentityHot, w: &World) {
         None
     );
 
-    let tenants: Vec<(Uuid, String)> =
-        sqlx::query_as("SELECT tenant_id, status FROM rm_identity.tenants")
-            .fetch_all(&db.admin)
-            .await
-            .unwrap();
+    let tenants: Vec<(Uuid, String)> = rows(
+        &db.admin,
+        "SELECT tenant_id, status FROM rm_identity.tenants",
+    )
+    .await;
     assert_eq!(tenants.len(), 3);
     for (tenant, status) in tenants {
         assert_eq!(
@@ -103,14 +94,13 @@ async fn check_against_postgres(db: &TestDb, hot: &IdentityHot, w: &World) {
         );
     }
 
-    let keys: Vec<KeyRow> = sqlx::query_as(
+    let keys: Vec<KeyRow> = rows(
+        &db.admin,
         "SELECT key_id, tenant_id, owner, display_prefix, scopes, revoked_at IS NOT NULL,
                 (extract(epoch from expires_at) * 1000000)::bigint
            FROM rm_identity.api_keys",
     )
-    .fetch_all(&db.admin)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(keys.len(), 3);
     for (key, tenant, owner, prefix, scopes, revoked, expires) in keys {
         let held = found(hot.api_keys(&prefix).await.unwrap()).expect("keys under the prefix");
@@ -134,12 +124,11 @@ async fn check_against_postgres(db: &TestDb, hot: &IdentityHot, w: &World) {
         );
     }
 
-    let sessions: Vec<(Uuid, Uuid, Uuid, String, i64)> = sqlx::query_as(
+    let sessions: Vec<(Uuid, Uuid, Uuid, String, i64)> = rows(
+        &db.admin,
         "SELECT session_id, user_id, tenant_id, status, generation FROM rm_identity.sessions",
     )
-    .fetch_all(&db.admin)
-    .await
-    .unwrap();
+    .await;
     assert!(sessions.len() >= 5);
     for (session, user, tenant, status, generation) in sessions {
         let hot_session = found(hot.session(session).await.unwrap()).expect("the session");
@@ -153,14 +142,13 @@ async fn check_against_postgres(db: &TestDb, hot: &IdentityHot, w: &World) {
         assert_eq!(session.status, status, "{name}");
     }
 
-    let users: Vec<(Uuid, Uuid, String, Option<i64>)> = sqlx::query_as(
+    let users: Vec<(Uuid, Uuid, String, Option<i64>)> = rows(
+        &db.admin,
         "SELECT user_id, tenant_id, status,
                 (extract(epoch from sessions_valid_after) * 1000000)::bigint
            FROM rm_identity.users",
     )
-    .fetch_all(&db.admin)
-    .await
-    .unwrap();
+    .await;
     for (user, tenant, status, valid_after) in users {
         let principal = found(hot.principal(&format!("user:{user}")).await.unwrap()).unwrap();
         assert_eq!(principal.tenant_id, tenant);
@@ -183,11 +171,11 @@ async fn check_against_postgres(db: &TestDb, hot: &IdentityHot, w: &World) {
     .unwrap();
     assert_eq!(mallory.status, "deactivated");
 
-    let accounts: Vec<(Uuid, bool)> =
-        sqlx::query_as("SELECT account_id, enabled FROM rm_identity.service_accounts")
-            .fetch_all(&db.admin)
-            .await
-            .unwrap();
+    let accounts: Vec<(Uuid, bool)> = rows(
+        &db.admin,
+        "SELECT account_id, enabled FROM rm_identity.service_accounts",
+    )
+    .await;
     assert_eq!(accounts.len(), 2);
     for (account, enabled) in accounts {
         let principal = found(
@@ -294,19 +282,8 @@ async fn the_runner_fills_the_model_from_the_bus_and_rebuilds_it_exactly_after_r
     let bus = TestBus::new().await;
     let redis = TestRedis::new().await;
     let f = fixture(&db);
-    let relay = Relay::new(
-        db.app.clone(),
-        bus.client.clone(),
-        bus.relay_config(),
-        ProtoEncoder,
-    );
-    let relay = tokio::spawn(relay.run(std::future::pending()));
-    let config = RunnerConfig {
-        subject_prefix: bus.prefix.clone(),
-        stream: bus.stream.clone(),
-        idle: Duration::from_millis(200),
-        ..RunnerConfig::default()
-    };
+    let (relay, _) = spawn_relay(&db, bus.client.clone(), bus.relay_config());
+    let config = runner_config(&bus, Duration::from_millis(200));
     let spawn_runner = || {
         let runner: RedisRunner<IdentityHotModel> = RedisRunner::on(
             LogReader::new(db.app.clone()),
@@ -403,10 +380,7 @@ async fn a_poison_event_parks_the_hot_model_visibly_until_an_operator_skips_it()
     )
     .await;
     let after = head(&db).await;
-    let retry = Retry {
-        attempts: 2,
-        first_wait: Duration::from_millis(1),
-    };
+    let retry = quick_retry(2);
     let parked = catch_up_on(&model, &reader, None, 100, retry)
         .await
         .unwrap();

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, Utc};
+use commands::CommandMetadata;
 use commands::bus::Outcome;
 use commands::identity::IdentityError;
 use commands::privacy::{self, MasterKey, Opened, SubjectKeys};
@@ -19,12 +20,12 @@ use domain::identity::api_key::ApiKey;
 use domain::identity::email_claim::EmailClaim;
 use domain::identity::rbac::{Permission, PermissionSet, RoleName};
 use domain::identity::service_account::ServiceAccount;
-use domain::identity::session::Session;
+use domain::identity::session::{Session, SessionCommand};
 use domain::identity::tenant::{Tenant, TenantCommand};
 use domain::identity::user::User;
 use domain::identity::values::{Email, TenantId};
 use domain::personal::{PersonalData, SubjectId};
-use eventstore::{LogReader, PgSubjectKeys, RecordedEvent, platform_cqrs};
+use eventstore::{EventRepository, LogReader, PgSubjectKeys, RecordedEvent, platform_cqrs};
 use futures::TryStreamExt;
 use projections::identity::{AGGREGATE_TYPES, IdentityModel};
 use projections::{Applied, PgProjection, Retry, Setup};
@@ -33,6 +34,7 @@ use tests::TestDb;
 use uuid::Uuid;
 
 use crate::identity::{Fixture, OWNER_PASSWORD, anonymous, as_user, fixture};
+use crate::quick_retry;
 
 /// Every permission of the catalogue (docs/permissions.md), in sorted order.
 const ALL: [&str; 31] = [
@@ -109,7 +111,8 @@ const TABLES: [(&str, &str); 8] = [
     ("users", "user_id"),
 ];
 
-fn strings(items: &[&str]) -> Vec<String> {
+/// The names, sorted and once each.
+pub(crate) fn strings(items: &[&str]) -> Vec<String> {
     let set: BTreeSet<String> = items.iter().map(|s| (*s).to_owned()).collect();
     set.into_iter().collect()
 }
@@ -166,7 +169,8 @@ pub(crate) fn tick(f: &Fixture) -> DateTime<Utc> {
     now(f)
 }
 
-fn totp_code(f: &Fixture, secret: &str) -> String {
+/// The TOTP code of `secret` at the fixture's time.
+pub(crate) fn totp_code(f: &Fixture, secret: &str) -> String {
     let secret = totp::TotpSecret::from_base32(secret).unwrap();
     let step = totp::step_at(u64::try_from(now(f).timestamp()).unwrap());
     format!("{:06}", totp::code_at_step(&secret, step))
@@ -240,16 +244,49 @@ pub(crate) async fn create_tenant(
     )
 }
 
-async fn register(f: &Fixture, tenant: &str, email: &str, name: &str) -> (Person, String) {
-    let password = format!("{name} has a long passphrase");
-    let (outcome, _) = f
+/// Acme, created by Ada with the owner's password; returns its id, Ada, and her email
+/// verification token.
+pub(crate) async fn create_acme(f: &Fixture) -> (String, Person, String) {
+    create_tenant(f, "Acme", "ada@example.org", "Ada Lovelace", OWNER_PASSWORD).await
+}
+
+/// Globex, created by Hank; returns its id, Hank, and his email verification token.
+pub(crate) async fn create_globex(f: &Fixture) -> (String, Person, String) {
+    create_tenant(
+        f,
+        "Globex",
+        "hank@example.org",
+        "Hank Scorpio",
+        "Hank has a long passphrase",
+    )
+    .await
+}
+
+/// Turns MFA on for `actor`, whose address is `email`, and moves the clock to the next
+/// TOTP step (the confirming code's step is spent). Returns the TOTP secret and the
+/// recovery codes.
+pub(crate) async fn turn_mfa_on(
+    f: &Fixture,
+    actor: &CommandMetadata,
+    email: &str,
+) -> (String, Vec<String>) {
+    let enrollment = f
         .identity
-        .register(&anonymous(), tenant, email, name, &password)
+        .start_totp_enrollment(actor, "Platform", email)
         .await
         .unwrap();
-    let Outcome::Done(registered) = outcome else {
-        panic!("replayed")
-    };
+    let recovery = f
+        .identity
+        .confirm_totp(actor, &totp_code(f, &enrollment.secret))
+        .await
+        .unwrap();
+    f.clock.advance(Duration::seconds(30));
+    (enrollment.secret, recovery)
+}
+
+async fn register(f: &Fixture, tenant: &str, email: &str, name: &str) -> (Person, String) {
+    let password = format!("{name} has a long passphrase");
+    let registered = crate::identity::register(f, tenant, email, name, &password).await;
     (
         Person {
             id: registered.user_id.to_string(),
@@ -441,15 +478,7 @@ pub(crate) async fn run_flows(f: &Fixture) -> World {
     }
 
     // Ada turns MFA on and signs in with a recovery code.
-    let enrollment = id
-        .start_totp_enrollment(&owner, "Platform", &ada.email)
-        .await
-        .unwrap();
-    let recovery = id
-        .confirm_totp(&owner, &totp_code(f, &enrollment.secret))
-        .await
-        .unwrap();
-    f.clock.advance(Duration::seconds(30));
+    let (secret, recovery) = turn_mfa_on(f, &owner, &ada.email).await;
     w.times.insert("s5 opened", now(f));
     let (s5, _) = id
         .login_with_code(
@@ -461,7 +490,7 @@ pub(crate) async fn run_flows(f: &Fixture) -> World {
         )
         .await
         .unwrap();
-    w.plaintext_secrets.push(enrollment.secret);
+    w.plaintext_secrets.push(secret);
     w.plaintext_secrets.extend(recovery);
     w.plaintext_secrets.push(s5.refresh_token);
 
@@ -551,14 +580,7 @@ pub(crate) async fn run_flows(f: &Fixture) -> World {
 
     // Globex: its owner changes the password, then the tenant is suspended.
     w.times.insert("globex created", tick(f));
-    let (globex, hank, token) = create_tenant(
-        f,
-        "Globex",
-        "hank@example.org",
-        "Hank Scorpio",
-        "Hank has a long passphrase",
-    )
-    .await;
+    let (globex, hank, token) = create_globex(f).await;
     w.plaintext_secrets.push(token);
     w.times.insert("hank changed password", tick(f));
     id.change_password(
@@ -624,9 +646,18 @@ pub(crate) async fn build(db: &TestDb, page: i64) -> i64 {
             .unwrap(),
         Setup::Created
     );
+    let head = crate::head(db).await;
+    assert_eq!(
+        catch_up(db, page).await,
+        Applied::Through { position: head }
+    );
+    head
+}
+
+/// Catches the model up with the log, `page` events at a time.
+async fn catch_up(db: &TestDb, page: i64) -> Applied {
     let reader = LogReader::new(db.app.clone());
-    let head = reader.head().await.unwrap().position;
-    let applied = projections::catch_up(
+    projections::catch_up(
         &db.app,
         &IdentityModel,
         &reader,
@@ -635,13 +666,74 @@ pub(crate) async fn build(db: &TestDb, page: i64) -> i64 {
         Retry::default(),
     )
     .await
-    .unwrap();
-    assert_eq!(applied, Applied::Through { position: head });
-    head
+    .unwrap()
 }
 
-/// Per table of `schema`: its row count and the MD5 of all its rows in key order.
-async fn digests(db: &TestDb, schema: &str) -> BTreeMap<&'static str, (i64, String)> {
+/// Redefines the custom role `name` of `tenant` as `permissions`, for `actor`, who holds
+/// every permission. The identity service has no command for it yet: the tenant aggregate
+/// decides it through cqrs-es over the same log.
+pub(crate) async fn redefine_role(
+    repository: &EventRepository,
+    tenant: &str,
+    name: &RoleName,
+    permissions: &[Permission],
+    actor: &CommandMetadata,
+    now: DateTime<Utc>,
+) {
+    platform_cqrs::<Tenant>(repository.clone(), vec![], ())
+        .execute_with_metadata(
+            tenant,
+            TenantCommand::RedefineRole {
+                name: name.clone(),
+                permissions: permissions.iter().copied().collect(),
+                granted_by: PermissionSet::all(),
+                now,
+            },
+            actor.to_map(),
+        )
+        .await
+        .unwrap();
+}
+
+/// Deletes the custom role `name` of `tenant`, for `actor`, who holds every permission;
+/// through the tenant aggregate, as [`redefine_role`].
+pub(crate) async fn delete_role(
+    repository: &EventRepository,
+    tenant: &str,
+    name: RoleName,
+    actor: &CommandMetadata,
+    now: DateTime<Utc>,
+) {
+    platform_cqrs::<Tenant>(repository.clone(), vec![], ())
+        .execute_with_metadata(
+            tenant,
+            TenantCommand::DeleteRole {
+                name,
+                granted_by: PermissionSet::all(),
+                now,
+            },
+            actor.to_map(),
+        )
+        .await
+        .unwrap();
+}
+
+/// Expires a session at `now`. The service has no expiry sweep yet: the session aggregate
+/// records it through cqrs-es over the same log.
+pub(crate) async fn expire_session(
+    repository: &EventRepository,
+    session: &str,
+    now: DateTime<Utc>,
+) {
+    platform_cqrs::<Session>(repository.clone(), vec![], ())
+        .execute(session, SessionCommand::Expire { now })
+        .await
+        .unwrap();
+}
+
+/// Per table of `schema`, a schema of the identity model: its row count and the MD5 of all
+/// its rows in key order.
+pub(crate) async fn digests(db: &TestDb, schema: &str) -> BTreeMap<&'static str, (i64, String)> {
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1
           ORDER BY 1",
@@ -651,7 +743,10 @@ async fn digests(db: &TestDb, schema: &str) -> BTreeMap<&'static str, (i64, Stri
     .await
     .unwrap();
     let known: Vec<&str> = TABLES.iter().map(|(table, _)| *table).collect();
-    assert_eq!(tables, known, "the digests must cover every table");
+    assert_eq!(
+        tables, known,
+        "the digests must cover every table of {schema}"
+    );
     let mut out = BTreeMap::new();
     for (table, key) in TABLES {
         let digest: (i64, Option<String>) = sqlx::query_as(&format!(
@@ -1291,14 +1386,7 @@ async fn the_identity_tables_hold_exactly_what_the_flows_did() {
 async fn redefining_and_deleting_a_custom_role_recomputes_its_holders_permissions() {
     let db = TestDb::new().await;
     let f = fixture(&db);
-    let (acme, ada, _) = create_tenant(
-        &f,
-        "Acme",
-        "ada@example.org",
-        "Ada Lovelace",
-        OWNER_PASSWORD,
-    )
-    .await;
+    let (acme, ada, _) = create_acme(&f).await;
     let owner = as_user(&ada.id);
     let (grace, _) = register(&f, &acme, "grace@example.org", "Grace Hopper").await;
     f.identity
@@ -1324,39 +1412,19 @@ async fn redefining_and_deleting_a_custom_role_recomputes_its_holders_permission
         strings(&["billing:read", "invoices:read"])
     );
 
-    // The identity service has no command to redefine or delete a role yet: the tenant
-    // aggregate decides them through cqrs-es over the same log.
+    // Redefined through the tenant aggregate.
     let store = db.store();
-    let tenants = platform_cqrs::<Tenant>(store.repository.clone(), vec![], ());
     let finance = RoleName::parse("finance").unwrap();
-    let everything = PermissionSet::all();
-    let metadata = as_user(&ada.id).to_map();
-    tenants
-        .execute_with_metadata(
-            &acme,
-            TenantCommand::RedefineRole {
-                name: finance.clone(),
-                permissions: [Permission::BillingRead, Permission::UsageRead]
-                    .into_iter()
-                    .collect(),
-                granted_by: everything,
-                now: now(&f),
-            },
-            metadata.clone(),
-        )
-        .await
-        .unwrap();
-    let reader = LogReader::new(db.app.clone());
-    projections::catch_up(
-        &db.app,
-        &IdentityModel,
-        &reader,
-        None,
-        500,
-        Retry::default(),
+    redefine_role(
+        &store.repository,
+        &acme,
+        &finance,
+        &[Permission::BillingRead, Permission::UsageRead],
+        &owner,
+        now(&f),
     )
-    .await
-    .unwrap();
+    .await;
+    catch_up(&db, 500).await;
     assert_eq!(
         permissions_of_grace().await,
         strings(&["billing:read", "usage:read"])
@@ -1379,28 +1447,8 @@ async fn redefining_and_deleting_a_custom_role_recomputes_its_holders_permission
         .unassign_role(&owner, &acme, &grace.principal(), "finance")
         .await
         .unwrap();
-    tenants
-        .execute_with_metadata(
-            &acme,
-            TenantCommand::DeleteRole {
-                name: finance,
-                granted_by: everything,
-                now: now(&f),
-            },
-            metadata,
-        )
-        .await
-        .unwrap();
-    projections::catch_up(
-        &db.app,
-        &IdentityModel,
-        &reader,
-        None,
-        500,
-        Retry::default(),
-    )
-    .await
-    .unwrap();
+    delete_role(&store.repository, &acme, finance, &owner, now(&f)).await;
+    catch_up(&db, 500).await;
     assert_eq!(permissions_of_grace().await, strings(&VIEWER));
     let roles: Vec<String> =
         sqlx::query_scalar("SELECT roles FROM rm_identity.memberships WHERE principal = $1")
@@ -1626,14 +1674,7 @@ pub(crate) async fn append_raw(
 async fn a_payload_that_does_not_decode_parks_the_model_at_its_position() {
     let db = TestDb::new().await;
     let f = fixture(&db);
-    let (acme, ada, _) = create_tenant(
-        &f,
-        "Acme",
-        "ada@example.org",
-        "Ada Lovelace",
-        OWNER_PASSWORD,
-    )
-    .await;
+    let (acme, ada, _) = create_acme(&f).await;
     let unknown = append_raw(
         &db,
         "Tenant",
@@ -1686,10 +1727,7 @@ async fn a_payload_that_does_not_decode_parks_the_model_at_its_position() {
 
     // The runner applies what comes before the first one, then parks there.
     let reader = LogReader::new(db.app.clone());
-    let retry = Retry {
-        attempts: 2,
-        first_wait: std::time::Duration::from_millis(1),
-    };
+    let retry = quick_retry(2);
     let applied = projections::catch_up(&db.app, &IdentityModel, &reader, None, 500, retry)
         .await
         .unwrap();
@@ -1732,27 +1770,11 @@ async fn a_payload_that_does_not_decode_parks_the_model_at_its_position() {
 async fn mfa_turned_off_an_account_switched_back_on_and_an_expired_session_show_as_such() {
     let db = TestDb::new().await;
     let f = fixture(&db);
-    let (acme, ada, _) = create_tenant(
-        &f,
-        "Acme",
-        "ada@example.org",
-        "Ada Lovelace",
-        OWNER_PASSWORD,
-    )
-    .await;
+    let (acme, ada, _) = create_acme(&f).await;
     let owner = as_user(&ada.id);
 
     // MFA on, a login with a TOTP code, MFA off with a fresh code.
-    let enrollment = f
-        .identity
-        .start_totp_enrollment(&owner, "Platform", &ada.email)
-        .await
-        .unwrap();
-    f.identity
-        .confirm_totp(&owner, &totp_code(&f, &enrollment.secret))
-        .await
-        .unwrap();
-    f.clock.advance(Duration::seconds(30));
+    let (secret, _) = turn_mfa_on(&f, &owner, &ada.email).await;
     let opened = now(&f);
     let (login, _) = f
         .identity
@@ -1761,13 +1783,13 @@ async fn mfa_turned_off_an_account_switched_back_on_and_an_expired_session_show_
             &acme,
             &ada.email,
             &ada.password,
-            Some(&totp_code(&f, &enrollment.secret)),
+            Some(&totp_code(&f, &secret)),
         )
         .await
         .unwrap();
     f.clock.advance(Duration::seconds(30));
     f.identity
-        .disable_mfa(&owner, &totp_code(&f, &enrollment.secret))
+        .disable_mfa(&owner, &totp_code(&f, &secret))
         .await
         .unwrap();
 
@@ -1787,17 +1809,10 @@ async fn mfa_turned_off_an_account_switched_back_on_and_an_expired_session_show_
         .await
         .unwrap();
 
-    // The service has no expiry sweep yet: the session aggregate records it through cqrs-es.
+    // The session lives out its lifetime.
     let store = db.store();
-    let sessions = platform_cqrs::<Session>(store.repository.clone(), vec![], ());
     let expired = opened + Duration::days(30) + Duration::seconds(1);
-    sessions
-        .execute(
-            &login.session_id.to_string(),
-            domain::identity::session::SessionCommand::Expire { now: expired },
-        )
-        .await
-        .unwrap();
+    expire_session(&store.repository, &login.session_id.to_string(), expired).await;
 
     build(&db, 500).await;
     let user: (bool, i32, Option<DateTime<Utc>>) = sqlx::query_as(

@@ -9,15 +9,15 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use argon2::password_hash::{
     self, PasswordHash as Phc, PasswordHasher as _, PasswordVerifier as _, SaltString,
 };
 use argon2::{Algorithm, Argon2, Params, Version};
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 use commands::bus::Outcome;
-use commands::identity::{Clock, Identity, IdentityError};
+use commands::identity::{Clock, IdentityError};
 use commands::privacy::MasterKey;
 use commands::security::password::{HashingError, PasswordHasher};
 use commands::security::totp;
@@ -25,13 +25,14 @@ use commands::{ClientIp, CommandMetadata};
 use domain::ActorKind;
 use domain::identity::credentials::PasswordHash;
 use domain::identity::rbac::{BuiltinRole, Permission, PermissionSet};
-use eventstore::{EventRepository, PgSubjectKeys};
 use proptest::prelude::*;
 use proptest::sample::{Index, subsequence};
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tests::TestDb;
 use tokio::runtime::Runtime;
 use uuid::Uuid;
+
+use crate::identity::{Fixture, fixture_with};
 
 /// Argon2id (version 19) at Argon2's minimum cost: the same algorithm and PHC strings as
 /// production, at a small fraction of the work. Production's hasher refuses its hashes.
@@ -69,43 +70,14 @@ impl PasswordHasher for CheapArgon2id {
     }
 }
 
-/// A clock the test moves by hand.
-#[derive(Debug)]
-struct TestClock(Mutex<DateTime<Utc>>);
-
-impl TestClock {
-    fn advance(&self, by: Duration) {
-        if let Ok(mut now) = self.0.lock() {
-            *now += by;
-        }
-    }
-}
-
-impl Clock for TestClock {
-    fn now(&self) -> DateTime<Utc> {
-        self.0.lock().map(|now| *now).unwrap_or_else(|_| Utc::now())
-    }
-}
-
-struct Fixture {
-    identity: Identity<EventRepository, PgSubjectKeys>,
-    clock: Arc<TestClock>,
-}
-
-/// The identity service over `db`'s event store; call it inside the runtime, which runs
-/// the store's tasks.
+/// The identity service over `db`'s event store, hashing with [`CheapArgon2id`]; call it
+/// inside the runtime, which runs the store's tasks.
 fn fixture(db: &TestDb) -> Fixture {
-    let store = db.store();
-    let master = MasterKey::from_bytes([7; 32]);
-    let clock = Arc::new(TestClock(Mutex::new(Utc::now())));
-    let identity = Identity::new(
-        store.repository.clone(),
-        PgSubjectKeys::new(db.app.clone(), master.key_wrapping_key()),
+    fixture_with(
+        db,
+        &MasterKey::from_bytes([7; 32]),
         Arc::new(CheapArgon2id::new()),
-        &master,
-        clock.clone(),
-    );
-    Fixture { identity, clock }
+    )
 }
 
 fn runtime() -> Runtime {

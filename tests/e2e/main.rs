@@ -1,5 +1,7 @@
 //! The platform's end-to-end tests: one binary, one module per feature, each test against
-//! the real local services in a database of its own.
+//! the real local services in a database of its own. The helpers here serve more than one
+//! feature: events to append, the log's length, head and invariants, the rows of a query,
+//! waiting until something holds, and a relay and a projection runner on the test's stream.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -23,10 +25,20 @@ mod service_accounts;
 mod subject_keys;
 mod tampering;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::projections::{Retry, RunnerConfig};
 use cqrs_es::persist::SerializedEvent;
-use eventstore::{AppendError, AppendReceipt, EventRepository};
+use eventstore::{
+    AppendError, AppendReceipt, EventRepository, LogReader, ProtoEncoder, Relay, RelayConfig,
+    RelayStats,
+};
 use serde_json::json;
 use sqlx::PgPool;
+use sqlx::postgres::PgRow;
+use tests::{TestBus, TestDb};
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 /// Builds `count` events for one aggregate, from `first_sequence`, each with a payload that
@@ -105,4 +117,92 @@ pub async fn assert_log_invariants(pool: &PgPool) -> i64 {
         .unwrap();
     assert_eq!(head, count, "the log head is not at the last position");
     count
+}
+
+/// The position of the log's last event; 0 when the log is empty.
+pub async fn head(db: &TestDb) -> i64 {
+    LogReader::new(db.app.clone())
+        .head()
+        .await
+        .unwrap()
+        .position
+}
+
+/// How many events the log holds.
+pub async fn events_in_log(db: &TestDb) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.app)
+        .await
+        .unwrap()
+}
+
+/// The rows `sql` selects, collected as the caller asks (a `Vec`, a `BTreeSet`).
+pub async fn rows<T, C>(pool: &PgPool, sql: &str) -> C
+where
+    T: Send + Unpin + for<'r> sqlx::FromRow<'r, PgRow>,
+    C: FromIterator<T>,
+{
+    sqlx::query_as(sql)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// Waits until `done` holds, failing after a generous bound so that a broken relay or
+/// runner ends the test instead of hanging it.
+pub async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    for _ in 0..1200 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// Starts a relay over `nats` on a task of its own; aborting the task kills the relay as a
+/// crash would.
+pub fn spawn_relay(
+    db: &TestDb,
+    nats: async_nats::Client,
+    config: RelayConfig,
+) -> (JoinHandle<()>, Arc<RelayStats>) {
+    let relay = Relay::new(db.app.clone(), nats, config, ProtoEncoder);
+    let stats = relay.stats();
+    (tokio::spawn(relay.run(std::future::pending())), stats)
+}
+
+/// Waits until the relay behind `stats` has acked every position through `head`, and
+/// asserts that the stream holds each of them once, in order.
+pub async fn assert_relayed(bus: &TestBus, stats: &RelayStats, head: i64) {
+    until(&format!("the relay acked position {head}"), async || {
+        stats.acked_position() == head
+    })
+    .await;
+    assert_eq!(
+        bus.positions(&bus.stream).await,
+        (1..=head).collect::<Vec<_>>()
+    );
+}
+
+/// A projection runner's configuration on the test's stream and subject prefix; with no
+/// message for `idle`, the runner looks at the log's head.
+pub fn runner_config(bus: &TestBus, idle: Duration) -> RunnerConfig {
+    RunnerConfig {
+        subject_prefix: bus.prefix.clone(),
+        stream: bus.stream.clone(),
+        idle,
+        ..RunnerConfig::default()
+    }
+}
+
+/// `attempts` tries per event, the first wait a millisecond: a poison event parks within
+/// moments.
+pub fn quick_retry(attempts: u32) -> Retry {
+    Retry {
+        attempts,
+        first_wait: Duration::from_millis(1),
+    }
 }

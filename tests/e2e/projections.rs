@@ -7,18 +7,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use eventstore::{LogReader, ProtoEncoder, RecordedEvent, Relay};
+use eventstore::{LogReader, RecordedEvent};
 use futures::TryStreamExt;
 use projections::pg::{self, Applied, ApplyError, PgProjection, PgTarget};
 use projections::{
-    PgRunner, ProjectionError, Retry, RunnerConfig, Target, catch_up, catch_up_on,
-    wait_for_position,
+    PgRunner, ProjectionError, Retry, Target, catch_up, catch_up_on, wait_for_position,
 };
 use sqlx::{PgConnection, PgPool};
 use tests::{TestBus, TestDb};
 use uuid::Uuid;
 
-use crate::append;
+use crate::{append, quick_retry, runner_config, spawn_relay};
 
 /// Counts ledger entries per aggregate, and sums their amounts. Fails on every entry of an
 /// aggregate whose id starts with `poison` while `poisoned` is set.
@@ -70,6 +69,14 @@ impl PgProjection for Ledger {
         }
         Ok(())
     }
+}
+
+/// The ledger, poisoned and set up.
+async fn poisoned_ledger(pool: &PgPool) -> Ledger {
+    let projection = Ledger::default();
+    projection.poisoned.store(true, Ordering::Relaxed);
+    pg::setup(pool, &projection).await.unwrap();
+    projection
 }
 
 async fn totals(pool: &PgPool) -> Vec<(String, i64, i64)> {
@@ -170,13 +177,8 @@ async fn a_poison_event_parks_its_projection_until_an_operator_skips_exactly_tha
     let mut ids = fill(&store, "ledger", 2, 3).await;
     fill(&store, "poison", 1, 1).await;
     ids.extend(fill(&store, "ledger", 2, 3).await);
-    let projection = Ledger::default();
-    projection.poisoned.store(true, Ordering::Relaxed);
-    pg::setup(&db.app, &projection).await.unwrap();
-    let retry = Retry {
-        attempts: 3,
-        first_wait: Duration::from_millis(1),
-    };
+    let projection = poisoned_ledger(&db.app).await;
+    let retry = quick_retry(3);
 
     let applied = catch_up(&db.app, &projection, &store.reader, None, 100, retry)
         .await
@@ -300,13 +302,8 @@ async fn a_parked_projection_resumed_after_a_fix_applies_the_event_it_stopped_on
     let store = db.store();
     let mut ids = fill(&store, "poison", 1, 2).await;
     ids.extend(fill(&store, "ledger", 1, 2).await);
-    let projection = Ledger::default();
-    projection.poisoned.store(true, Ordering::Relaxed);
-    pg::setup(&db.app, &projection).await.unwrap();
-    let retry = Retry {
-        attempts: 2,
-        first_wait: Duration::from_millis(1),
-    };
+    let projection = poisoned_ledger(&db.app).await;
+    let retry = quick_retry(2);
     let parked = catch_up(&db.app, &projection, &store.reader, None, 100, retry)
         .await
         .unwrap();
@@ -403,14 +400,7 @@ async fn a_runner_follows_the_relay_heals_a_lost_stream_from_the_log_and_reads_i
     let bus = TestBus::new().await;
     let store = db.store();
     let mut ids = fill(&store, "ledger", 5, 4).await;
-    let relay = Relay::new(
-        db.app.clone(),
-        bus.client.clone(),
-        bus.relay_config(),
-        ProtoEncoder,
-    );
-    let relay_stats = relay.stats();
-    let relay = tokio::spawn(relay.run(std::future::pending()));
+    let (relay, relay_stats) = spawn_relay(&db, bus.client.clone(), bus.relay_config());
     // The runner needs the stream; the relay creates it.
     for _ in 0..200 {
         if relay_stats.acked_position() == 20 {
@@ -418,17 +408,11 @@ async fn a_runner_follows_the_relay_heals_a_lost_stream_from_the_log_and_reads_i
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let config = RunnerConfig {
-        subject_prefix: bus.prefix.clone(),
-        stream: bus.stream.clone(),
-        idle: Duration::from_millis(200),
-        ..RunnerConfig::default()
-    };
     let runner = PgRunner::new(
         db.app.clone(),
         bus.client.clone(),
         Ledger::default(),
-        config,
+        runner_config(&bus, Duration::from_millis(200)),
     );
     let runner_stats = runner.stats();
     let runner = tokio::spawn(runner.run(std::future::pending()));

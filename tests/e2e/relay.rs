@@ -4,44 +4,12 @@
 
 use std::time::Duration;
 
-use eventstore::{ProtoEncoder, Relay, RelayConfig, RelayStats};
+use eventstore::RelayConfig;
 use prost::Message as _;
-use std::sync::Arc;
 use tests::{TestBus, TestDb};
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::append;
-
-/// Starts a relay on its own task; aborting the task kills it as a crash would.
-fn spawn_relay(
-    db: &TestDb,
-    bus: &TestBus,
-    config: RelayConfig,
-) -> (JoinHandle<()>, Arc<RelayStats>) {
-    let relay = Relay::new(db.app.clone(), bus.client.clone(), config, ProtoEncoder);
-    let stats = relay.stats();
-    (tokio::spawn(relay.run(std::future::pending())), stats)
-}
-
-/// Waits until `done` holds, failing after a generous bound so that a broken relay ends
-/// the test instead of hanging it.
-async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    for _ in 0..600 {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
-async fn head(db: &TestDb) -> i64 {
-    sqlx::query_scalar("SELECT position FROM log_head")
-        .fetch_one(&db.app)
-        .await
-        .unwrap()
-}
+use crate::{append, assert_relayed, head, spawn_relay, until};
 
 async fn fill(db: &TestDb, store: &tests::TestStore, aggregates: usize, each: usize) {
     for aggregate in 0..aggregates {
@@ -65,19 +33,12 @@ async fn the_relay_publishes_every_event_once_in_order_with_cloudevents_headers(
     let bus = TestBus::new().await;
     let store = db.store();
     fill(&db, &store, 30, 10).await;
-    let (relay, stats) = spawn_relay(&db, &bus, bus.relay_config());
-    eventually("300 events are acked", async || {
-        stats.acked_position() == 300
-    })
-    .await;
-    assert_eq!(
-        bus.positions(&bus.stream).await,
-        (1..=300).collect::<Vec<_>>()
-    );
+    let (relay, stats) = spawn_relay(&db, bus.client.clone(), bus.relay_config());
+    assert_relayed(&bus, &stats, 300).await;
 
     // Appends after the relay caught up wake it (NOTIFY), and the checkpoint follows.
     fill(&db, &store, 5, 10).await;
-    eventually("350 events are acked", async || {
+    until("350 events are acked", async || {
         stats.acked_position() == 350
     })
     .await;
@@ -135,11 +96,11 @@ async fn of_two_relays_one_publishes_and_the_other_takes_over_with_no_gap_or_reo
     let db = TestDb::new().await;
     let bus = TestBus::new().await;
     let store = db.store();
-    let (first, first_stats) = spawn_relay(&db, &bus, bus.relay_config());
-    eventually("the first relay leads", async || first_stats.is_leader()).await;
-    let (second, second_stats) = spawn_relay(&db, &bus, bus.relay_config());
+    let (first, first_stats) = spawn_relay(&db, bus.client.clone(), bus.relay_config());
+    until("the first relay leads", async || first_stats.is_leader()).await;
+    let (second, second_stats) = spawn_relay(&db, bus.client.clone(), bus.relay_config());
     fill(&db, &store, 20, 10).await;
-    eventually("200 events are acked", async || {
+    until("200 events are acked", async || {
         first_stats.acked_position() == 200
     })
     .await;
@@ -149,14 +110,8 @@ async fn of_two_relays_one_publishes_and_the_other_takes_over_with_no_gap_or_reo
     first.abort();
     let _ = first.await;
     fill(&db, &store, 20, 10).await;
-    eventually("the standby took over and acked 400", async || {
-        second_stats.acked_position() == 400
-    })
-    .await;
-    assert_eq!(
-        bus.positions(&bus.stream).await,
-        (1..=400).collect::<Vec<_>>()
-    );
+    // The standby takes over.
+    assert_relayed(&bus, &second_stats, 400).await;
     second.abort();
 }
 
@@ -187,21 +142,14 @@ async fn a_relay_killed_again_and_again_under_load_leaves_every_event_in_the_str
         ..bus.relay_config()
     };
     for round in 0..12u64 {
-        let (relay, _) = spawn_relay(&db, &bus, config.clone());
+        let (relay, _) = spawn_relay(&db, bus.client.clone(), config.clone());
         tokio::time::sleep(Duration::from_millis(30 + round * 7)).await;
         relay.abort();
         let _ = relay.await;
     }
     writer.await.unwrap();
-    let (relay, stats) = spawn_relay(&db, &bus, config);
-    eventually("600 events are acked", async || {
-        stats.acked_position() == 600
-    })
-    .await;
-    assert_eq!(
-        bus.positions(&bus.stream).await,
-        (1..=600).collect::<Vec<_>>()
-    );
+    let (relay, stats) = spawn_relay(&db, bus.client.clone(), config);
+    assert_relayed(&bus, &stats, 600).await;
     relay.abort();
 }
 
@@ -211,15 +159,15 @@ async fn a_deleted_stream_is_filled_again_from_the_log() {
     let bus = TestBus::new().await;
     let store = db.store();
     fill(&db, &store, 10, 10).await;
-    let (relay, stats) = spawn_relay(&db, &bus, bus.relay_config());
-    eventually("100 events are acked", async || {
+    let (relay, stats) = spawn_relay(&db, bus.client.clone(), bus.relay_config());
+    until("100 events are acked", async || {
         stats.acked_position() == 100
     })
     .await;
 
     bus.jetstream.delete_stream(&bus.stream).await.unwrap();
     fill(&db, &store, 5, 10).await;
-    eventually("the new stream holds all 150 events", async || {
+    until("the new stream holds all 150 events", async || {
         bus.positions(&bus.stream).await.len() == 150
     })
     .await;

@@ -2,36 +2,18 @@
 //! membership in one write, client secrets issued, rotated, revoked and checked, accounts
 //! switched off and on, and nobody handing out a credential stronger than their own.
 
-use commands::bus::Outcome;
 use commands::identity::{CLIENT_SECRET_PREFIX, IdentityError};
 use domain::identity::rbac::{BuiltinRole, Permission};
 use tests::TestDb;
 
-use crate::identity::{Fixture, anonymous, as_user, count, fixture, new_tenant};
-
-async fn events(db: &TestDb) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&db.app)
-        .await
-        .unwrap()
-}
+use crate::events_in_log;
+use crate::identity::{
+    Fixture, anonymous, as_user, count, fixture, new_tenant, register_grace, register_linus,
+};
 
 /// A registered user of `tenant` who holds only a custom role with `permissions`.
 async fn member_with(f: &Fixture, tenant: &str, owner: &str, permissions: &[&str]) -> String {
-    let (registered, _) = f
-        .identity
-        .register(
-            &anonymous(),
-            tenant,
-            "grace@example.org",
-            "Grace Hopper",
-            "a long and unusual passphrase",
-        )
-        .await
-        .unwrap();
-    let Outcome::Done(grace) = registered else {
-        panic!("replayed")
-    };
+    let grace = register_grace(f, tenant).await;
     f.identity
         .define_role(&as_user(&owner), tenant, "robot-keeper", permissions)
         .await
@@ -86,7 +68,7 @@ async fn a_service_account_authenticates_with_its_client_secret_while_it_is_enab
         .unwrap();
     assert_eq!(client.tenant_id.to_string(), tenant);
     assert_eq!(client.permissions, BuiltinRole::BillingAdmin.permissions());
-    let written = events(&db).await;
+    let written = events_in_log(&db).await;
 
     let wrong = format!("{CLIENT_SECRET_PREFIX}not-the-secret");
     for (client_id, secret) in [
@@ -120,7 +102,11 @@ async fn a_service_account_authenticates_with_its_client_secret_while_it_is_enab
         }) => {}
         other => panic!("expected bad input, got {other:?}"),
     }
-    assert_eq!(events(&db).await, written, "authentication wrote events");
+    assert_eq!(
+        events_in_log(&db).await,
+        written,
+        "authentication wrote events"
+    );
 
     f.identity
         .disable_service_account(&owner, &tenant, &account)
@@ -268,7 +254,7 @@ async fn nobody_creates_or_arms_a_service_account_stronger_than_themselves() {
     )
     .await;
     let keeper = as_user(&keeper);
-    let before = events(&db).await;
+    let before = events_in_log(&db).await;
 
     // Creating an account with a role beyond the keeper's permissions writes nothing at all:
     // neither the account nor its membership.
@@ -305,7 +291,11 @@ async fn nobody_creates_or_arms_a_service_account_stronger_than_themselves() {
             other => panic!("expected an escalation refusal for {op}, got {other:?}"),
         }
     }
-    assert_eq!(events(&db).await, before, "a refused command wrote events");
+    assert_eq!(
+        events_in_log(&db).await,
+        before,
+        "a refused command wrote events"
+    );
 
     // Within its own permissions the keeper can act, and renaming needs no more.
     let (weak, _) = f
@@ -323,20 +313,7 @@ async fn nobody_creates_or_arms_a_service_account_stronger_than_themselves() {
         .unwrap();
 
     // A member without the permission is denied, and a bad role or tenant names the field.
-    let (outsider, _) = f
-        .identity
-        .register(
-            &anonymous(),
-            &tenant,
-            "linus@example.org",
-            "Linus T",
-            "another long passphrase here",
-        )
-        .await
-        .unwrap();
-    let Outcome::Done(outsider) = outsider else {
-        panic!("replayed")
-    };
+    let outsider = register_linus(&f, &tenant).await;
     match f
         .identity
         .create_service_account(&as_user(&outsider.user_id), &tenant, "x", &["viewer"])
