@@ -276,7 +276,8 @@ impl Stage {
 
 /// Commits a batch: checks the slot (`KEYS[1]`) still names generation `ARGV[1]` at position
 /// `ARGV[2]`, performs the writes (`ARGV[4..]`: an operation, the index of its key in `KEYS`,
-/// then its arguments) and moves the position to `ARGV[3]`. Returns `{1}` when done, or `{0,
+/// then its arguments; `set` takes a count of field and value pairs) and moves the position
+/// to `ARGV[3]`. Returns `{1}` when done, or `{0,
 /// generation, position}` as found when the slot moved. Every operation is checked before
 /// this script is called, so it cannot stop half-way.
 const COMMIT: &str = r"
@@ -290,8 +291,9 @@ while i <= #ARGV do
   local op = ARGV[i]
   local key = KEYS[tonumber(ARGV[i + 1])]
   if op == 'set' then
-    redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3])
-    i = i + 4
+    local n = tonumber(ARGV[i + 2])
+    redis.call('HSET', key, unpack(ARGV, i + 3, i + 2 + 2 * n))
+    i = i + 3 + 2 * n
   elseif op == 'setx' then
     if redis.call('EXISTS', key) == 1 then
       redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3])
@@ -311,6 +313,10 @@ end
 redis.call('HSET', KEYS[1], 'position', ARGV[3])
 return {1}
 ";
+
+/// The most field and value pairs one `HSET` of the commit script sets (Lua's `unpack`
+/// has a stack limit).
+const MAX_FIELDS_PER_HSET: usize = 256;
 
 /// Swaps a finished build in: checks the build slot (`KEYS[2]`) names generation `ARGV[1]`
 /// at position `ARGV[2]`, makes it the live one in `meta` (`KEYS[1]`) with version
@@ -571,11 +577,31 @@ impl<P: RedisProjection> RedisModel<P> {
             .arg(&state.generation)
             .arg(state.position)
             .arg(last);
-        for write in stage.writes() {
+        let writes = stage.writes();
+        let mut next = 0;
+        while let Some(write) = writes.get(next) {
             let at = index.get(write.key()).copied().unwrap_or(1);
+            next += 1;
             match write {
-                Write::Set { field, value, .. } => {
-                    invocation.arg("set").arg(at).arg(field).arg(value);
+                Write::Set { key, field, value } => {
+                    // A run of sets of one key is one HSET.
+                    let mut pairs = vec![(field, value)];
+                    while let Some(Write::Set {
+                        key: same,
+                        field,
+                        value,
+                    }) = writes.get(next)
+                    {
+                        if same != key || pairs.len() >= MAX_FIELDS_PER_HSET {
+                            break;
+                        }
+                        pairs.push((field, value));
+                        next += 1;
+                    }
+                    invocation.arg("set").arg(at).arg(pairs.len());
+                    for (field, value) in pairs {
+                        invocation.arg(field).arg(value);
+                    }
                 }
                 Write::SetIfExists { field, value, .. } => {
                     invocation.arg("setx").arg(at).arg(field).arg(value);

@@ -80,12 +80,13 @@ use eventstore::{EventRepository, LogReader, PgSubjectKeys, ProtoEncoder, Record
 use futures::TryStreamExt;
 use hdrhistogram::Histogram;
 use projections::identity::IdentityModel;
+use projections::identity_hot::IdentityHotModel;
 use projections::pg::{self, Applied, ApplyError, PgProjection, Setup};
-use projections::{PgRunner, RunnerConfig};
+use projections::{PgRunner, RedisModel, RedisProjection as _, RunnerConfig, Target as _};
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
-use tests::{TestBus, TestDb};
+use tests::{TestBus, TestDb, TestRedis};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -517,6 +518,146 @@ async fn run_raw(db: &TestDb, batches: &[Vec<RecordedEvent>]) -> Duration {
     started.elapsed()
 }
 
+/// Applies every batch to an empty identity hot model in Redis, one Lua call per batch with
+/// its position; returns the time the batches took.
+async fn run_hot(db: &TestDb, redis: &TestRedis, batches: &[Vec<RecordedEvent>]) -> Duration {
+    redis.flush().await;
+    let model = hot_model(db, redis);
+    // An empty live model at position 0, as a first start makes.
+    model
+        .rebuild(&LogReader::new(db.app.clone()), Some(0), 1, |_, _| {})
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for batch in batches {
+        let last = batch.last().expect("a non-empty batch").global_position;
+        match model.apply_batch(batch).await {
+            Ok(Applied::Through { position }) if position == last => {}
+            other => panic!("the identity hot model's batch through {last}: {other:?}"),
+        }
+    }
+    started.elapsed()
+}
+
+fn hot_model(db: &TestDb, redis: &TestRedis) -> RedisModel<IdentityHotModel> {
+    RedisModel::new(
+        db.app.clone(),
+        redis.conn.clone(),
+        &redis.prefix,
+        IdentityHotModel,
+    )
+    .unwrap()
+}
+
+/// The Redis baseline: per batch, one pipeline of one `HSET` per event the model reads
+/// (aggregate → position → event type) and the checkpoint's `SET`.
+async fn run_raw_redis(redis: &TestRedis, batches: &[Vec<RecordedEvent>]) -> Duration {
+    redis.flush().await;
+    let mut conn = redis.conn.clone();
+    let started = Instant::now();
+    for batch in batches {
+        let last = batch.last().expect("a non-empty batch").global_position;
+        let mut pipe = redis::pipe();
+        for event in batch.iter().filter(|e| IdentityHotModel.wants(e)) {
+            pipe.hset(
+                format!("{}:raw:{}", redis.prefix, event.aggregate_id),
+                event.global_position,
+                &event.event_type,
+            )
+            .ignore();
+        }
+        pipe.set(format!("{}:raw-checkpoint", redis.prefix), last)
+            .ignore();
+        let () = pipe.query_async(&mut conn).await.unwrap();
+    }
+    started.elapsed()
+}
+
+/// The identity hot model against what the flows of `tenants` tenants did.
+async fn check_hot(
+    db: &TestDb,
+    redis: &TestRedis,
+    tenants: usize,
+    head: i64,
+    round: usize,
+    checks: &mut Checks,
+) {
+    let (position, held) = hot_model(db, redis)
+        .dump()
+        .await
+        .unwrap()
+        .expect("a live hot model");
+    let fields = |prefix: &str| -> usize {
+        held.iter()
+            .filter(|(key, _)| key.starts_with(prefix))
+            .map(|(_, hash)| hash.len())
+            .sum()
+    };
+    let keys = |test: &dyn Fn(&str) -> bool| held.keys().filter(|key| test(key)).count();
+    let active_sessions = held
+        .iter()
+        .filter(|(key, hash)| {
+            key.starts_with("session:") && hash.get("status").map(String::as_str) == Some("active")
+        })
+        .count();
+    let found = vec![
+        keys(&|key| key.starts_with("tenant:") && key.matches(':').count() == 1),
+        keys(&|key| key.starts_with("principal:user:")),
+        fields("perms:"),
+        fields("apikey:"),
+        active_sessions,
+        keys(&|key| key.starts_with("principal:service_account:")),
+        usize::try_from(position).unwrap(),
+    ];
+    let expected = vec![
+        tenants,
+        tenants * (1 + MEMBERS),
+        tenants * (2 + MEMBERS),
+        tenants,
+        tenants,
+        tenants,
+        usize::try_from(head).unwrap(),
+    ];
+    checks.expect_eq(
+        &format!(
+            "apply round {round}: identity hot model [tenants, users, effective permissions, API keys, active sessions, service accounts, position]"
+        ),
+        found,
+        expected,
+    );
+}
+
+async fn check_raw_redis(
+    redis: &TestRedis,
+    wanted: usize,
+    head: i64,
+    round: usize,
+    checks: &mut Checks,
+) {
+    let mut conn = redis.conn.clone();
+    let mut fields = 0usize;
+    for key in redis.keys().await {
+        if key.starts_with(&format!("{}:raw:", redis.prefix)) {
+            let n: usize = redis::cmd("HLEN")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            fields += n;
+        }
+    }
+    let position: i64 = redis::cmd("GET")
+        .arg(format!("{}:raw-checkpoint", redis.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    checks.expect_eq(
+        &format!("apply round {round}: raw Redis hashes [fields, checkpoint]"),
+        (fields, position),
+        (wanted, head),
+    );
+}
+
 /// The identity model against what the flows of `tenants` tenants did.
 async fn check_identity(db: &TestDb, tenants: i64, head: i64, round: usize, checks: &mut Checks) {
     let count = |sql: &'static str| {
@@ -605,6 +746,8 @@ struct ApplyResult {
     rounds: usize,
     identity: Vec<f64>,
     raw: Vec<f64>,
+    hot: Vec<f64>,
+    raw_redis: Vec<f64>,
 }
 
 async fn apply_part(checks: &mut Checks) -> ApplyResult {
@@ -642,7 +785,28 @@ async fn apply_part(checks: &mut Checks) -> ApplyResult {
 
     let mut identity = Vec::new();
     let mut raw = Vec::new();
+    let (mut hot, mut raw_redis) = (Vec::new(), Vec::new());
+    let redis = TestRedis::new().await;
     for round in 0..rounds {
+        for turn in 0..2 {
+            if (round + turn) % 2 == 0 {
+                eprintln!(
+                    "apply: round {} of {rounds}, identity hot model ...",
+                    round + 1
+                );
+                let took = run_hot(&db, &redis, &batches).await;
+                hot.push(head as f64 / took.as_secs_f64());
+                check_hot(&db, &redis, tenants, head, round + 1, checks).await;
+            } else {
+                eprintln!(
+                    "apply: round {} of {rounds}, pipelined Redis writes ...",
+                    round + 1
+                );
+                let took = run_raw_redis(&redis, &batches).await;
+                raw_redis.push(head as f64 / took.as_secs_f64());
+                check_raw_redis(&redis, wanted.len(), head, round + 1, checks).await;
+            }
+        }
         for turn in 0..2 {
             if (round + turn) % 2 == 0 {
                 eprintln!("apply: round {} of {rounds}, identity model ...", round + 1);
@@ -666,6 +830,8 @@ async fn apply_part(checks: &mut Checks) -> ApplyResult {
         rounds,
         identity,
         raw,
+        hot,
+        raw_redis,
     }
 }
 
@@ -1162,6 +1328,23 @@ async fn main() {
             out,
             "raw UNNEST insert + checkpoint UPDATE     | {raw:>15.0} | {:>13.0} | {:>6.2}x",
             best(&a.raw),
+            1.0
+        );
+        let (hot, raw_redis) = (median(&a.hot), median(&a.raw_redis));
+        let _ = writeln!(
+            out,
+            "system                                    | median events/s | best events/s | vs pipelined writes (median)"
+        );
+        let _ = writeln!(
+            out,
+            "identity hot model (Redis, one Lua call)  | {hot:>15.0} | {:>13.0} | {:>6.2}x",
+            best(&a.hot),
+            hot / raw_redis
+        );
+        let _ = writeln!(
+            out,
+            "pipelined HSETs + checkpoint SET          | {raw_redis:>15.0} | {:>13.0} | {:>6.2}x",
+            best(&a.raw_redis),
             1.0
         );
     }
