@@ -30,6 +30,7 @@ use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
 use async_nats::jetstream::{self, Context};
 use prost::Message as _;
+use proto::TypedEvent;
 use proto::v1::EventEnvelope;
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -205,17 +206,22 @@ pub struct ProtoEncoder;
 impl EncodeEvent for ProtoEncoder {
     fn encode(&self, event: &RecordedEvent) -> Result<Vec<u8>, String> {
         let canonical = event.canonical_bytes().map_err(|err| err.to_string())?;
-        let record = event.to_proto();
-        let envelope = match EventEnvelope::from_record(record.clone(), canonical.clone()) {
-            Ok(envelope) => envelope,
-            Err(err) => {
-                tracing::warn!(
-                    position = event.global_position,
-                    "relay: publishing without a typed payload: {err}"
-                );
-                EventEnvelope::without_payload(record, canonical).map_err(|err| err.to_string())?
-            }
-        };
+        let typed = TypedEvent::from_json(
+            &event.aggregate_type,
+            &event.event_type,
+            &event.event_version,
+            &event.payload,
+        )
+        .unwrap_or_else(|err| {
+            tracing::warn!(
+                position = event.global_position,
+                "relay: publishing without a typed payload: {err}"
+            );
+            None
+        });
+        let mut envelope = EventEnvelope::without_payload(event.to_proto(), canonical)
+            .map_err(|err| err.to_string())?;
+        envelope.payload = typed.map(Into::into);
         Ok(envelope.encode_to_vec())
     }
 
@@ -500,31 +506,27 @@ impl<E: EncodeEvent> Relay<E> {
         let mut stored = start;
         let mut next = start + 1;
         let mut lock_checked = Instant::now();
+        let page_size = self.config.page_size;
+        let mut page = read_page(&self.pool, next, i64::MAX, page_size).await?;
         loop {
-            let page = read_page(&self.pool, next, i64::MAX, self.config.page_size).await?;
-            let caught_up = (page.len() as i64) < self.config.page_size;
-            for event in &page {
-                while flight.acks.len() >= self.config.max_in_flight.max(1) {
-                    flight.settle_one(&self.stats).await?;
+            let caught_up = (page.len() as i64) < page_size;
+            // While a full page is published, the next one is read: the two round trips
+            // overlap instead of taking turns.
+            let ahead = match page.last() {
+                Some(last) if !caught_up => Some(last.global_position + 1),
+                _ => None,
+            };
+            let (published, read) = tokio::join!(self.publish(&page, &mut flight), async {
+                match ahead {
+                    Some(from) => read_page(&self.pool, from, i64::MAX, page_size)
+                        .await
+                        .map(Some),
+                    None => Ok(None),
                 }
-                let body = self
-                    .encoder
-                    .encode(event)
-                    .map_err(|problem| RelayError::Encode {
-                        position: event.global_position,
-                        problem,
-                    })?;
-                let ack = self
-                    .jetstream
-                    .publish_with_headers(
-                        self.config.subject_of(event),
-                        headers_of(event, self.encoder.content_type()),
-                        body.into(),
-                    )
-                    .await
-                    .map_err(nats)?;
-                flight.acks.push_back((event.global_position, ack));
-                next = event.global_position + 1;
+            });
+            published?;
+            if let Some(last) = page.last() {
+                next = last.global_position + 1;
             }
             if caught_up {
                 flight.settle_all(&self.stats).await?;
@@ -537,13 +539,48 @@ impl<E: EncodeEvent> Relay<E> {
                 check_lock(lock).await?;
                 lock_checked = Instant::now();
             }
-            if caught_up {
-                tokio::select! {
-                    notified = listener.recv() => { notified?; }
-                    () = sleep(self.config.poll_interval.min(self.config.standby_poll)) => {}
+            page = match read? {
+                Some(page) => page,
+                None => {
+                    tokio::select! {
+                        notified = listener.recv() => { notified?; }
+                        () = sleep(self.config.poll_interval.min(self.config.standby_poll)) => {}
+                    }
+                    read_page(&self.pool, next, i64::MAX, page_size).await?
                 }
-            }
+            };
         }
+    }
+
+    /// Publishes `page` in order, keeping at most `max_in_flight` acks outstanding.
+    async fn publish(
+        &self,
+        page: &[RecordedEvent],
+        flight: &mut InFlight,
+    ) -> Result<(), RelayError> {
+        for event in page {
+            while flight.acks.len() >= self.config.max_in_flight.max(1) {
+                flight.settle_one(&self.stats).await?;
+            }
+            let body = self
+                .encoder
+                .encode(event)
+                .map_err(|problem| RelayError::Encode {
+                    position: event.global_position,
+                    problem,
+                })?;
+            let ack = self
+                .jetstream
+                .publish_with_headers(
+                    self.config.subject_of(event),
+                    headers_of(event, self.encoder.content_type()),
+                    body.into(),
+                )
+                .await
+                .map_err(nats)?;
+            flight.acks.push_back((event.global_position, ack));
+        }
+        Ok(())
     }
 }
 
