@@ -49,6 +49,11 @@ pub enum ProjectionError {
     /// Redis failed.
     #[error("projection cache error: {0}")]
     Redis(String),
+    /// Redis holds no live model of the projection's version any more.
+    #[error(
+        "Redis holds no live model of projection `{0}` of this version (Redis lost or flushed it, or another version rebuilt it); it is rebuilt from the log"
+    )]
+    ModelLost(String),
     /// The projection is parked on a poison event.
     #[error("projection `{name}` is parked on the event at position {}: {}", parked.position, parked.error)]
     Parked {

@@ -521,9 +521,10 @@ impl<P: RedisProjection> RedisModel<P> {
     ) -> Result<Applied, BatchError> {
         loop {
             let Some(state) = self.slot(slot).await.map_err(BatchError::Store)? else {
-                return Err(BatchError::Store(ProjectionError::NotSetUp(
-                    self.projection.name().to_owned(),
-                )));
+                return Err(BatchError::Store(match slot {
+                    Slot::Live => self.lost(),
+                    Slot::Build => ProjectionError::NotSetUp(self.projection.name().to_owned()),
+                }));
             };
             let (wanted, last) = match crate::fresh_part(
                 events,
@@ -805,6 +806,12 @@ impl<P: RedisProjection> RedisModel<P> {
         }
     }
 
+    /// The live model is gone from under a worker: Redis lost or flushed it, or another
+    /// version's worker rebuilt it.
+    fn lost(&self) -> ProjectionError {
+        ProjectionError::ModelLost(self.projection.name().to_owned())
+    }
+
     fn interrupted(&self) -> ProjectionError {
         ProjectionError::Rebuild {
             name: self.projection.name().to_owned(),
@@ -967,7 +974,7 @@ impl<P: RedisProjection> Target for RedisModel<P> {
         let live = self.slot(Slot::Live).await?;
         let Some(live) = live.filter(|state| state.version == Some(self.projection.version()))
         else {
-            return Err(ProjectionError::NotSetUp(self.projection.name().to_owned()));
+            return Err(self.lost());
         };
         self.mirror(live.position, true).await?;
         Ok(Checkpoint {
