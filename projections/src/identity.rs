@@ -16,8 +16,16 @@
 //! does not know, and an event that contradicts the model (an update of a row that was never
 //! created) are errors naming the event's position: a poison event parks the model, it is
 //! never skipped silently.
+//!
+//! A batch costs one round trip per event, plus a few per batch: the `last_position` of every
+//! aggregate the batch touches is read in one query before its first event and kept as it
+//! goes; each event's statement stamps its aggregate's main row (`updated_at`,
+//! `last_position`) as it changes it; and the effective permissions of a tenant whose members
+//! or custom roles changed are rewritten once, after the batch's last event, for every such
+//! tenant at once. A failure of that last step names the last event that changed the
+//! tenant's roles.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use domain::identity::api_key::ApiKeyEvent;
@@ -184,12 +192,14 @@ impl PgProjection for IdentityModel {
         conn: &mut PgConnection,
         events: &[&RecordedEvent],
     ) -> Result<(), ApplyError> {
+        let mut batch = Batch::read(conn, events).await?;
         for event in events {
-            apply_event(conn, event)
+            batch
+                .apply(conn, event)
                 .await
                 .map_err(|problem| ApplyError::of(event, problem))?;
         }
-        Ok(())
+        batch.recompute_permissions(conn).await
     }
 }
 
@@ -225,18 +235,266 @@ pub(crate) fn aggregate_uuid(event: &RecordedEvent) -> Result<Uuid, String> {
         .map_err(|_| format!("aggregate id `{}` is not a UUID", event.aggregate_id))
 }
 
-async fn apply_event(conn: &mut PgConnection, event: &RecordedEvent) -> Step {
-    let id = aggregate_uuid(event).map_err(Problem::Inconsistent)?;
-    match event.aggregate_type.as_str() {
-        "Tenant" => tenant(conn, event, id).await,
-        "User" => user(conn, event, id).await,
-        "Session" => session(conn, event, id).await,
-        "ApiKey" => api_key(conn, event, id).await,
-        "ServiceAccount" => service_account(conn, event, id).await,
-        other => Err(Problem::Inconsistent(format!(
-            "aggregate type `{other}` is not read by this model"
-        ))),
+/// An aggregate the model reads, by the table of its main row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Aggregate {
+    Tenant,
+    User,
+    Session,
+    ApiKey,
+    ServiceAccount,
+}
+
+impl Aggregate {
+    /// The aggregate of a type name of the log.
+    fn of(aggregate_type: &str) -> Option<Self> {
+        match aggregate_type {
+            "Tenant" => Some(Self::Tenant),
+            "User" => Some(Self::User),
+            "Session" => Some(Self::Session),
+            "ApiKey" => Some(Self::ApiKey),
+            "ServiceAccount" => Some(Self::ServiceAccount),
+            _ => None,
+        }
     }
+
+    /// Its place among the parameters of [`LAST_POSITIONS`].
+    fn index(self) -> usize {
+        match self {
+            Self::Tenant => 0,
+            Self::User => 1,
+            Self::Session => 2,
+            Self::ApiKey => 3,
+            Self::ServiceAccount => 4,
+        }
+    }
+}
+
+/// The `last_position` of the main rows of the given ids of each aggregate (tenants, users,
+/// sessions, API keys, service accounts), each row with its aggregate's type name.
+const LAST_POSITIONS: &str = "
+    SELECT 'Tenant', tenant_id, last_position FROM tenants WHERE tenant_id = ANY($1)
+    UNION ALL
+    SELECT 'User', user_id, last_position FROM users WHERE user_id = ANY($2)
+    UNION ALL
+    SELECT 'Session', session_id, last_position FROM sessions WHERE session_id = ANY($3)
+    UNION ALL
+    SELECT 'ApiKey', key_id, last_position FROM api_keys WHERE key_id = ANY($4)
+    UNION ALL
+    SELECT 'ServiceAccount', account_id, last_position FROM service_accounts
+     WHERE account_id = ANY($5)";
+
+/// What applying one event did to its aggregate's main row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The event was applied already: nothing changed.
+    PassedOver,
+    /// The row now stands at the event.
+    Applied,
+    /// The row now stands at the event, which changed a member or a custom role of the
+    /// tenant: its effective permissions are out of date.
+    RolesChanged,
+}
+
+/// A batch being applied: where the main row of each aggregate it touches stands, read once
+/// before its first event and moved with each event applied, and the tenants whose effective
+/// permissions it must rewrite after its last event.
+struct Batch<'e> {
+    last: HashMap<(Aggregate, Uuid), i64>,
+    /// Each tenant with the last of the batch's events that changed its members or roles.
+    roles_changed: BTreeMap<Uuid, &'e RecordedEvent>,
+}
+
+impl<'e> Batch<'e> {
+    /// Reads the `last_position` of every aggregate of `events` in one query. An event whose
+    /// aggregate is not one the model reads fails later, in its turn.
+    async fn read(
+        conn: &mut PgConnection,
+        events: &[&'e RecordedEvent],
+    ) -> Result<Self, ApplyError> {
+        let mut batch = Self {
+            last: HashMap::new(),
+            roles_changed: BTreeMap::new(),
+        };
+        let mut ids: [Vec<Uuid>; 5] = Default::default();
+        let mut first = None;
+        for event in events {
+            let (Ok(id), Some(aggregate)) =
+                (aggregate_uuid(event), Aggregate::of(&event.aggregate_type))
+            else {
+                continue;
+            };
+            first.get_or_insert(*event);
+            if let Some(of_aggregate) = ids.get_mut(aggregate.index()) {
+                of_aggregate.push(id);
+            }
+        }
+        // Nothing to read: every event fails in its turn.
+        let Some(first) = first else {
+            return Ok(batch);
+        };
+        for of_aggregate in &mut ids {
+            of_aggregate.sort_unstable();
+            of_aggregate.dedup();
+        }
+        let [tenants, users, sessions, keys, accounts] = ids;
+        let rows: Vec<(String, Uuid, i64)> = sqlx::query_as(LAST_POSITIONS)
+            .bind(tenants)
+            .bind(users)
+            .bind(sessions)
+            .bind(keys)
+            .bind(accounts)
+            .fetch_all(&mut *conn)
+            .await
+            // The first event that needed them names the failure.
+            .map_err(|err| ApplyError::of(first, Problem::Database(err)))?;
+        for (aggregate_type, id, last) in rows {
+            let aggregate = Aggregate::of(&aggregate_type).ok_or_else(|| {
+                ApplyError::of(
+                    first,
+                    Problem::Inconsistent(format!(
+                        "a position was read for aggregate type `{aggregate_type}`"
+                    )),
+                )
+            })?;
+            batch.last.insert((aggregate, id), last);
+        }
+        Ok(batch)
+    }
+
+    /// Applies one event and keeps where its aggregate stands.
+    async fn apply(&mut self, conn: &mut PgConnection, event: &'e RecordedEvent) -> Step {
+        let id = aggregate_uuid(event).map_err(Problem::Inconsistent)?;
+        let Some(aggregate) = Aggregate::of(&event.aggregate_type) else {
+            return Err(Problem::Inconsistent(format!(
+                "aggregate type `{}` is not read by this model",
+                event.aggregate_type
+            )));
+        };
+        let last = self.last.get(&(aggregate, id)).copied();
+        let outcome = match aggregate {
+            Aggregate::Tenant => tenant(conn, event, id, last).await?,
+            Aggregate::User => user(conn, event, id, last).await?,
+            Aggregate::Session => session(conn, event, id, last).await?,
+            Aggregate::ApiKey => api_key(conn, event, id, last).await?,
+            Aggregate::ServiceAccount => service_account(conn, event, id, last).await?,
+        };
+        if outcome != Outcome::PassedOver {
+            self.last.insert((aggregate, id), event.global_position);
+        }
+        if outcome == Outcome::RolesChanged {
+            self.roles_changed.insert(id, event);
+        }
+        Ok(())
+    }
+
+    /// Rewrites the effective permissions of every member of each tenant whose members or
+    /// custom roles the batch changed, from its memberships and custom roles as they stand
+    /// after the batch: the union of the permissions of each member's roles. Like the
+    /// domain's `Tenant::effective_permissions`, it holds whatever the roles grant, whether
+    /// the tenant is active or not and whether the principal can sign in or not; those are
+    /// other columns. A failure names the last event that changed the tenant's roles (the
+    /// batch's last such event when it is no one tenant's).
+    async fn recompute_permissions(self, conn: &mut PgConnection) -> Result<(), ApplyError> {
+        let Some(last) = self
+            .roles_changed
+            .values()
+            .copied()
+            .max_by_key(|event| event.global_position)
+        else {
+            return Ok(());
+        };
+        let failed = |err: sqlx::Error| ApplyError::of(last, Problem::Database(err));
+        let tenants: Vec<Uuid> = self.roles_changed.keys().copied().collect();
+        let defined: Vec<(Uuid, String, Vec<String>)> = sqlx::query_as(
+            "SELECT tenant_id, name, permissions FROM custom_roles WHERE tenant_id = ANY($1)",
+        )
+        .bind(&tenants)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(failed)?;
+        let mut custom: BTreeMap<Uuid, BTreeMap<String, PermissionSet>> = BTreeMap::new();
+        for (tenant, name, permissions) in defined {
+            let set = permissions
+                .iter()
+                .map(|permission| permission.parse::<Permission>())
+                .collect::<Result<PermissionSet, _>>()
+                .map_err(|err| {
+                    let event = self.roles_changed.get(&tenant).copied().unwrap_or(last);
+                    ApplyError::of(
+                        event,
+                        Problem::Inconsistent(format!("custom role `{name}`: {err}")),
+                    )
+                })?;
+            custom.entry(tenant).or_default().insert(name, set);
+        }
+        let members: Vec<(Uuid, String, Vec<String>)> = sqlx::query_as(
+            "SELECT tenant_id, principal, roles FROM memberships WHERE tenant_id = ANY($1)",
+        )
+        .bind(&tenants)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(failed)?;
+        let mut of_tenant = Vec::with_capacity(members.len());
+        let mut principals = Vec::with_capacity(members.len());
+        let mut permissions = Vec::with_capacity(members.len());
+        for (tenant, principal, roles) in members {
+            let builtin = roles.iter().filter_map(|role| BuiltinRole::from_name(role));
+            // A role that is neither built in nor defined grants nothing, as in the domain
+            // (whose rules keep every held role defined).
+            let defined = roles.iter().filter_map(|role| {
+                custom
+                    .get(&tenant)
+                    .and_then(|roles| roles.get(role.as_str()))
+            });
+            let set = rbac::effective_permissions(builtin, defined);
+            of_tenant.push(tenant);
+            principals.push(principal);
+            permissions.push(permission_strings(set).join(","));
+        }
+        sqlx::query("DELETE FROM effective_permissions WHERE tenant_id = ANY($1)")
+            .bind(&tenants)
+            .execute(&mut *conn)
+            .await
+            .map_err(failed)?;
+        sqlx::query(
+            "INSERT INTO effective_permissions (tenant_id, principal, permissions)
+             SELECT tenant_id, principal, string_to_array(permissions, ',')
+               FROM unnest($1::uuid[], $2::text[], $3::text[])
+                 AS member(tenant_id, principal, permissions)",
+        )
+        .bind(of_tenant)
+        .bind(principals)
+        .bind(permissions)
+        .execute(&mut *conn)
+        .await
+        .map_err(failed)?;
+        Ok(())
+    }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// A statement that stamps the main row of the event's aggregate (`updated_at` and
+/// `last_position`) as it changes it: `$1` is the aggregate's id, `$2` the event's
+/// `recorded_at` and `$3` its position; the change's own parameters follow from `$4`.
+fn stamping<'q>(sql: &'q str, id: Uuid, event: &RecordedEvent) -> PgQuery<'q> {
+    sqlx::query(sql)
+        .bind(id)
+        .bind(event.recorded_at)
+        .bind(event.global_position)
+}
+
+/// A statement on a tenant's members or custom roles that stamps the tenant's row in the
+/// same round trip, with the parameters of [`stamping`].
+macro_rules! stamping_tenant {
+    ($sql:literal) => {
+        concat!(
+            "WITH stamp AS (UPDATE tenants SET updated_at = $2, last_position = $3
+                             WHERE tenant_id = $1) ",
+            $sql
+        )
+    };
 }
 
 /// The event's payload as the domain's event enum.
@@ -286,6 +544,17 @@ fn one_row(rows: u64, what: impl FnOnce() -> String) -> Step {
     }
 }
 
+/// Refuses a change of roles that matched no membership (the key matches one at most).
+fn a_member(rows: u64, principal: &Principal) -> Step {
+    if rows == 0 {
+        Err(Problem::Inconsistent(format!(
+            "{principal} is not a member of the tenant"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
 /// A personal field exactly as the event holds it: the JSON of its subject and sealed text.
 fn sealed(field: &PersonalData) -> Result<String, Problem> {
     serde_json::to_string(field)
@@ -326,21 +595,21 @@ fn to_i64(value: u64, what: &str) -> Result<i64, Problem> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Tenants: the tenants row, memberships, custom roles and effective permissions.
+// Tenants: the tenants row, memberships, custom roles and effective permissions (rewritten
+// by `Batch::recompute_permissions`).
 
-async fn tenant(conn: &mut PgConnection, event: &RecordedEvent, id: Uuid) -> Step {
+async fn tenant(
+    conn: &mut PgConnection,
+    event: &RecordedEvent,
+    id: Uuid,
+    last: Option<i64>,
+) -> Result<Outcome, Problem> {
     let change: TenantEvent = decode(event, "Tenant")?;
-    let last: Option<i64> =
-        sqlx::query_scalar("SELECT last_position FROM tenants WHERE tenant_id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
     let creates = matches!(change, TenantEvent::TenantCreated { .. });
     if !is_new("tenant", creates, last, event.global_position)? {
-        return Ok(());
+        return Ok(Outcome::PassedOver);
     }
-    let mut roles_changed = true;
-    match change {
+    let outcome = match change {
         TenantEvent::TenantCreated {
             tenant_id,
             name,
@@ -349,123 +618,183 @@ async fn tenant(conn: &mut PgConnection, event: &RecordedEvent, id: Uuid) -> Ste
             created_at,
         } => {
             same_id("tenant", tenant_id.as_uuid(), id)?;
-            sqlx::query(
-                "INSERT INTO tenants (tenant_id, name, plan, status, created_at, updated_at,
-                                      last_position)
-                 VALUES ($1, $2, $3, 'active', $4, $5, $6)",
+            let owner = Principal::User(owner);
+            let (kind, principal_id) = kind_of(&owner);
+            stamping(
+                "WITH tenant AS (
+                     INSERT INTO tenants (tenant_id, name, plan, status, created_at, updated_at,
+                                          last_position)
+                     VALUES ($1, $4, $5, 'active', $6, $2, $3))
+                 INSERT INTO memberships (tenant_id, principal, principal_kind, principal_id,
+                                          roles, added_at)
+                 VALUES ($1, $7, $8, $9, $10, $6)",
+                id,
+                event,
             )
-            .bind(id)
             .bind(name.as_str())
             .bind(plan.as_str())
             .bind(created_at)
-            .bind(event.recorded_at)
-            .bind(event.global_position)
+            .bind(owner.to_string())
+            .bind(kind)
+            .bind(principal_id)
+            .bind(sorted([BuiltinRole::Owner.as_str()]))
             .execute(&mut *conn)
             .await?;
-            add_member(
-                conn,
-                id,
-                &Principal::User(owner),
-                sorted([BuiltinRole::Owner.as_str()]),
-                created_at,
-            )
-            .await?;
+            Outcome::RolesChanged
         }
         TenantEvent::TenantRenamed {
             name,
             renamed_at: _,
         } => {
-            roles_changed = false;
-            sqlx::query("UPDATE tenants SET name = $2 WHERE tenant_id = $1")
-                .bind(id)
-                .bind(name.as_str())
-                .execute(&mut *conn)
-                .await?;
+            stamping(
+                "UPDATE tenants SET name = $4, updated_at = $2, last_position = $3
+                  WHERE tenant_id = $1",
+                id,
+                event,
+            )
+            .bind(name.as_str())
+            .execute(&mut *conn)
+            .await?;
+            Outcome::Applied
         }
         TenantEvent::PlanChanged {
             plan,
             previous: _,
             changed_at: _,
         } => {
-            roles_changed = false;
-            sqlx::query("UPDATE tenants SET plan = $2 WHERE tenant_id = $1")
-                .bind(id)
-                .bind(plan.as_str())
-                .execute(&mut *conn)
-                .await?;
+            stamping(
+                "UPDATE tenants SET plan = $4, updated_at = $2, last_position = $3
+                  WHERE tenant_id = $1",
+                id,
+                event,
+            )
+            .bind(plan.as_str())
+            .execute(&mut *conn)
+            .await?;
+            Outcome::Applied
         }
         TenantEvent::TenantSuspended {
             reason,
             suspended_at,
         } => {
-            roles_changed = false;
-            set_status(conn, id, "suspended", Some(&reason), suspended_at).await?;
+            set_status(conn, event, id, "suspended", Some(&reason), suspended_at).await?;
+            Outcome::Applied
         }
         TenantEvent::TenantReactivated { reactivated_at } => {
-            roles_changed = false;
-            set_status(conn, id, "active", None, reactivated_at).await?;
+            set_status(conn, event, id, "active", None, reactivated_at).await?;
+            Outcome::Applied
         }
         TenantEvent::TenantClosed { reason, closed_at } => {
-            roles_changed = false;
-            set_status(conn, id, "closed", Some(&reason), closed_at).await?;
+            set_status(conn, event, id, "closed", Some(&reason), closed_at).await?;
+            Outcome::Applied
         }
         TenantEvent::MemberAdded {
             principal,
             roles,
             added_at,
         } => {
-            let roles = sorted(roles.iter().map(RoleRef::as_str));
-            add_member(conn, id, &principal, roles, added_at).await?;
+            let (kind, principal_id) = kind_of(&principal);
+            stamping(
+                stamping_tenant!(
+                    "INSERT INTO memberships (tenant_id, principal, principal_kind, principal_id,
+                                              roles, added_at)
+                     VALUES ($1, $4, $5, $6, $7, $8)"
+                ),
+                id,
+                event,
+            )
+            .bind(principal.to_string())
+            .bind(kind)
+            .bind(principal_id)
+            .bind(sorted(roles.iter().map(RoleRef::as_str)))
+            .bind(added_at)
+            .execute(&mut *conn)
+            .await?;
+            Outcome::RolesChanged
         }
         TenantEvent::MemberRemoved {
             principal,
             removed_at: _,
         } => {
-            let done =
-                sqlx::query("DELETE FROM memberships WHERE tenant_id = $1 AND principal = $2")
-                    .bind(id)
-                    .bind(principal.to_string())
-                    .execute(&mut *conn)
-                    .await?;
+            let done = stamping(
+                stamping_tenant!("DELETE FROM memberships WHERE tenant_id = $1 AND principal = $4"),
+                id,
+                event,
+            )
+            .bind(principal.to_string())
+            .execute(&mut *conn)
+            .await?;
             one_row(done.rows_affected(), || {
                 format!("{principal} is not a member to remove")
             })?;
+            Outcome::RolesChanged
         }
+        // A member's roles stay sorted bytewise (`COLLATE "C"`), without duplicates.
         TenantEvent::RoleAssigned {
             principal,
             role,
             assigned_at: _,
         } => {
-            change_roles(conn, id, &principal, |roles| {
-                roles.insert(role.as_str().to_owned());
-            })
+            let done = stamping(
+                stamping_tenant!(
+                    r#"UPDATE memberships
+                          SET roles = ARRAY(SELECT role FROM unnest(array_append(roles, $5))
+                                                          AS held(role)
+                                             GROUP BY role ORDER BY role COLLATE "C")
+                        WHERE tenant_id = $1 AND principal = $4"#
+                ),
+                id,
+                event,
+            )
+            .bind(principal.to_string())
+            .bind(role.as_str())
+            .execute(&mut *conn)
             .await?;
+            a_member(done.rows_affected(), &principal)?;
+            Outcome::RolesChanged
         }
         TenantEvent::RoleUnassigned {
             principal,
             role,
             unassigned_at: _,
         } => {
-            change_roles(conn, id, &principal, |roles| {
-                roles.remove(role.as_str());
-            })
+            let done = stamping(
+                stamping_tenant!(
+                    r#"UPDATE memberships
+                          SET roles = ARRAY(SELECT role FROM unnest(roles) AS held(role)
+                                             WHERE role <> $5
+                                             GROUP BY role ORDER BY role COLLATE "C")
+                        WHERE tenant_id = $1 AND principal = $4"#
+                ),
+                id,
+                event,
+            )
+            .bind(principal.to_string())
+            .bind(role.as_str())
+            .execute(&mut *conn)
             .await?;
+            a_member(done.rows_affected(), &principal)?;
+            Outcome::RolesChanged
         }
         TenantEvent::RoleDefined {
             name,
             permissions,
             defined_at,
         } => {
-            sqlx::query(
-                "INSERT INTO custom_roles (tenant_id, name, permissions, defined_at)
-                 VALUES ($1, $2, $3, $4)",
+            stamping(
+                stamping_tenant!(
+                    "INSERT INTO custom_roles (tenant_id, name, permissions, defined_at)
+                     VALUES ($1, $4, $5, $6)"
+                ),
+                id,
+                event,
             )
-            .bind(id)
             .bind(name.as_str())
             .bind(permission_strings(permissions))
             .bind(defined_at)
             .execute(&mut *conn)
             .await?;
+            Outcome::RolesChanged
         }
         TenantEvent::RoleRedefined {
             name,
@@ -473,11 +802,14 @@ async fn tenant(conn: &mut PgConnection, event: &RecordedEvent, id: Uuid) -> Ste
             previous: _,
             redefined_at,
         } => {
-            let done = sqlx::query(
-                "UPDATE custom_roles SET permissions = $3, redefined_at = $4
-                  WHERE tenant_id = $1 AND name = $2",
+            let done = stamping(
+                stamping_tenant!(
+                    "UPDATE custom_roles SET permissions = $5, redefined_at = $6
+                      WHERE tenant_id = $1 AND name = $4"
+                ),
+                id,
+                event,
             )
-            .bind(id)
             .bind(name.as_str())
             .bind(permission_strings(permissions))
             .bind(redefined_at)
@@ -486,45 +818,44 @@ async fn tenant(conn: &mut PgConnection, event: &RecordedEvent, id: Uuid) -> Ste
             one_row(done.rows_affected(), || {
                 format!("there is no custom role `{name}` to redefine")
             })?;
+            Outcome::RolesChanged
         }
         TenantEvent::RoleDeleted {
             name,
             deleted_at: _,
         } => {
-            let done = sqlx::query("DELETE FROM custom_roles WHERE tenant_id = $1 AND name = $2")
-                .bind(id)
-                .bind(name.as_str())
-                .execute(&mut *conn)
-                .await?;
+            let done = stamping(
+                stamping_tenant!("DELETE FROM custom_roles WHERE tenant_id = $1 AND name = $4"),
+                id,
+                event,
+            )
+            .bind(name.as_str())
+            .execute(&mut *conn)
+            .await?;
             one_row(done.rows_affected(), || {
                 format!("there is no custom role `{name}` to delete")
             })?;
+            Outcome::RolesChanged
         }
-    }
-    sqlx::query("UPDATE tenants SET updated_at = $2, last_position = $3 WHERE tenant_id = $1")
-        .bind(id)
-        .bind(event.recorded_at)
-        .bind(event.global_position)
-        .execute(&mut *conn)
-        .await?;
-    if roles_changed {
-        recompute_permissions(conn, id).await?;
-    }
-    Ok(())
+    };
+    Ok(outcome)
 }
 
 async fn set_status(
     conn: &mut PgConnection,
+    event: &RecordedEvent,
     tenant: Uuid,
     status: &str,
     reason: Option<&str>,
     at: DateTime<Utc>,
 ) -> Step {
-    sqlx::query(
-        "UPDATE tenants SET status = $2, status_reason = $3, status_changed_at = $4
+    stamping(
+        "UPDATE tenants SET status = $4, status_reason = $5, status_changed_at = $6,
+                            updated_at = $2, last_position = $3
           WHERE tenant_id = $1",
+        tenant,
+        event,
     )
-    .bind(tenant)
     .bind(status)
     .bind(reason)
     .bind(at)
@@ -533,129 +864,26 @@ async fn set_status(
     Ok(())
 }
 
-async fn add_member(
-    conn: &mut PgConnection,
-    tenant: Uuid,
-    principal: &Principal,
-    roles: Vec<String>,
-    added_at: DateTime<Utc>,
-) -> Step {
-    let (kind, principal_id) = kind_of(principal);
-    sqlx::query(
-        "INSERT INTO memberships (tenant_id, principal, principal_kind, principal_id, roles,
-                                  added_at)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(tenant)
-    .bind(principal.to_string())
-    .bind(kind)
-    .bind(principal_id)
-    .bind(roles)
-    .bind(added_at)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-async fn change_roles(
-    conn: &mut PgConnection,
-    tenant: Uuid,
-    principal: &Principal,
-    change: impl FnOnce(&mut BTreeSet<String>),
-) -> Step {
-    let principal = principal.to_string();
-    let roles: Option<Vec<String>> =
-        sqlx::query_scalar("SELECT roles FROM memberships WHERE tenant_id = $1 AND principal = $2")
-            .bind(tenant)
-            .bind(&principal)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let Some(roles) = roles else {
-        return Err(Problem::Inconsistent(format!(
-            "{principal} is not a member of the tenant"
-        )));
-    };
-    let mut roles: BTreeSet<String> = roles.into_iter().collect();
-    change(&mut roles);
-    sqlx::query("UPDATE memberships SET roles = $3 WHERE tenant_id = $1 AND principal = $2")
-        .bind(tenant)
-        .bind(&principal)
-        .bind(roles.into_iter().collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-/// Rewrites the effective permissions of every member of `tenant` from its memberships and
-/// custom roles: the union of the permissions of each member's roles. Like the domain's
-/// `Tenant::effective_permissions`, it holds whatever the roles grant, whether the tenant is
-/// active or not and whether the principal can sign in or not; those are other columns.
-async fn recompute_permissions(conn: &mut PgConnection, tenant: Uuid) -> Step {
-    let defined: Vec<(String, Vec<String>)> =
-        sqlx::query_as("SELECT name, permissions FROM custom_roles WHERE tenant_id = $1")
-            .bind(tenant)
-            .fetch_all(&mut *conn)
-            .await?;
-    let mut custom = BTreeMap::new();
-    for (name, permissions) in defined {
-        let set = permissions
-            .iter()
-            .map(|permission| permission.parse::<Permission>())
-            .collect::<Result<PermissionSet, _>>()
-            .map_err(|err| Problem::Inconsistent(format!("custom role `{name}`: {err}")))?;
-        custom.insert(name, set);
-    }
-    let members: Vec<(String, Vec<String>)> =
-        sqlx::query_as("SELECT principal, roles FROM memberships WHERE tenant_id = $1")
-            .bind(tenant)
-            .fetch_all(&mut *conn)
-            .await?;
-    let mut principals = Vec::with_capacity(members.len());
-    let mut permissions = Vec::with_capacity(members.len());
-    for (principal, roles) in members {
-        let builtin = roles.iter().filter_map(|role| BuiltinRole::from_name(role));
-        // A role that is neither built in nor defined grants nothing, as in the domain (whose
-        // rules keep every held role defined).
-        let defined = roles.iter().filter_map(|role| custom.get(role));
-        let set = rbac::effective_permissions(builtin, defined);
-        principals.push(principal);
-        permissions.push(permission_strings(set).join(","));
-    }
-    sqlx::query("DELETE FROM effective_permissions WHERE tenant_id = $1")
-        .bind(tenant)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "INSERT INTO effective_permissions (tenant_id, principal, permissions)
-         SELECT $1, principal, string_to_array(permissions, ',')
-           FROM unnest($2::text[], $3::text[]) AS member(principal, permissions)",
-    )
-    .bind(tenant)
-    .bind(principals)
-    .bind(permissions)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------
 // Users.
 
-async fn user(conn: &mut PgConnection, event: &RecordedEvent, id: Uuid) -> Step {
+async fn user(
+    conn: &mut PgConnection,
+    event: &RecordedEvent,
+    id: Uuid,
+    last: Option<i64>,
+) -> Result<Outcome, Problem> {
     let change: UserEvent = decode(event, "User")?;
-    let last: Option<i64> =
-        sqlx::query_scalar("SELECT last_position FROM users WHERE user_id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
     let creates = matches!(
         change,
         UserEvent::UserRegistered { .. } | UserEvent::UserInvited { .. }
     );
     if !is_new("user", creates, last, event.global_position)? {
-        return Ok(());
+        return Ok(Outcome::PassedOver);
     }
-    match change {
+    /// Stamps the row alone, for an event that changes nothing else in it.
+    const STAMP: &str = "UPDATE users SET updated_at = $2, last_position = $3 WHERE user_id = $1";
+    let statement = match change {
         UserEvent::UserRegistered {
             user_id,
             tenant_id,
@@ -666,23 +894,20 @@ async fn user(conn: &mut PgConnection, event: &RecordedEvent, id: Uuid) -> Step 
             registered_at,
         } => {
             same_id("user", user_id.as_uuid(), id)?;
-            sqlx::query(
+            stamping(
                 "INSERT INTO users (user_id, tenant_id, status, email_sealed, email_index,
                                     email_verified, name_sealed, mfa_enabled,
                                     recovery_codes_left, failed_logins, lockouts, created_at,
                                     activated_at, updated_at, last_position)
-                 VALUES ($1, $2, 'active', $3, $4, false, $5, false, 0, 0, 0, $6, $6, $7, $8)",
+                 VALUES ($1, $4, 'active', $5, $6, false, $7, false, 0, 0, 0, $8, $8, $2, $3)",
+                id,
+                event,
             )
-            .bind(id)
             .bind(tenant_id.as_uuid())
             .bind(sealed(&email)?)
-            .bind(email_index.as_str())
+            .bind(email_index.as_str().to_owned())
             .bind(sealed(&name)?)
             .bind(registered_at)
-            .bind(event.recorded_at)
-            .bind(event.global_position)
-            .execute(&mut *conn)
-            .await?;
         }
         UserEvent::UserInvited {
             user_id,
@@ -695,186 +920,162 @@ async fn user(conn: &mut PgConnection, event: &RecordedEvent, id: Uuid) -> Step 
             invited_at,
         } => {
             same_id("user", user_id.as_uuid(), id)?;
-            sqlx::query(
+            stamping(
                 "INSERT INTO users (user_id, tenant_id, status, email_sealed, email_index,
                                     email_verified, invited_by, invitation_expires_at,
                                     mfa_enabled, recovery_codes_left, failed_logins, lockouts,
                                     created_at, updated_at, last_position)
-                 VALUES ($1, $2, 'invited', $3, $4, false, $5, $6, false, 0, 0, 0, $7, $8, $9)",
+                 VALUES ($1, $4, 'invited', $5, $6, false, $7, $8, false, 0, 0, 0, $9, $2, $3)",
+                id,
+                event,
             )
-            .bind(id)
             .bind(tenant_id.as_uuid())
             .bind(sealed(&email)?)
-            .bind(email_index.as_str())
+            .bind(email_index.as_str().to_owned())
             .bind(invited_by.as_uuid())
             .bind(expires_at)
             .bind(invited_at)
-            .bind(event.recorded_at)
-            .bind(event.global_position)
-            .execute(&mut *conn)
-            .await?;
         }
         UserEvent::InvitationAccepted {
             name,
             password: _,
             accepted_at,
-        } => {
-            sqlx::query(
-                "UPDATE users SET status = 'active', name_sealed = $2, activated_at = $3,
-                                  invitation_expires_at = NULL
-                  WHERE user_id = $1",
-            )
-            .bind(id)
-            .bind(sealed(&name)?)
-            .bind(accepted_at)
-            .execute(&mut *conn)
-            .await?;
-        }
+        } => stamping(
+            "UPDATE users SET status = 'active', name_sealed = $4, activated_at = $5,
+                              invitation_expires_at = NULL, updated_at = $2, last_position = $3
+              WHERE user_id = $1",
+            id,
+            event,
+        )
+        .bind(sealed(&name)?)
+        .bind(accepted_at),
         // A token's hash and expiry are for the aggregate alone.
         UserEvent::EmailVerificationIssued {
             token: _,
             expires_at: _,
-        } => {}
-        UserEvent::EmailVerified { verified_at: _ } => {
-            sqlx::query("UPDATE users SET email_verified = true WHERE user_id = $1")
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-        }
+        } => stamping(STAMP, id, event),
+        UserEvent::EmailVerified { verified_at: _ } => stamping(
+            "UPDATE users SET email_verified = true, updated_at = $2, last_position = $3
+              WHERE user_id = $1",
+            id,
+            event,
+        ),
         UserEvent::EmailChanged {
             email,
             email_index,
             previous_index: _,
             changed_at: _,
-        } => {
-            sqlx::query(
-                "UPDATE users SET email_sealed = $2, email_index = $3, email_verified = false
-                  WHERE user_id = $1",
-            )
-            .bind(id)
-            .bind(sealed(&email)?)
-            .bind(email_index.as_str())
-            .execute(&mut *conn)
-            .await?;
-        }
+        } => stamping(
+            "UPDATE users SET email_sealed = $4, email_index = $5, email_verified = false,
+                              updated_at = $2, last_position = $3
+              WHERE user_id = $1",
+            id,
+            event,
+        )
+        .bind(sealed(&email)?)
+        .bind(email_index.as_str().to_owned()),
         UserEvent::PasswordChanged {
             password: _,
             changed_at,
-        } => {
-            sqlx::query(
-                "UPDATE users SET password_changed_at = $2,
-                                  sessions_valid_after = GREATEST(sessions_valid_after, $2)
-                  WHERE user_id = $1",
-            )
-            .bind(id)
-            .bind(changed_at)
-            .execute(&mut *conn)
-            .await?;
-        }
-        UserEvent::UserDeactivated { deactivated_at } => {
-            sqlx::query(
-                "UPDATE users SET status = 'deactivated', deactivated_at = $2,
-                                  invitation_expires_at = NULL
-                  WHERE user_id = $1",
-            )
-            .bind(id)
-            .bind(deactivated_at)
-            .execute(&mut *conn)
-            .await?;
-        }
+        } => stamping(
+            "UPDATE users SET password_changed_at = $4,
+                              sessions_valid_after = GREATEST(sessions_valid_after, $4),
+                              updated_at = $2, last_position = $3
+              WHERE user_id = $1",
+            id,
+            event,
+        )
+        .bind(changed_at),
+        UserEvent::UserDeactivated { deactivated_at } => stamping(
+            "UPDATE users SET status = 'deactivated', deactivated_at = $4,
+                              invitation_expires_at = NULL, updated_at = $2, last_position = $3
+              WHERE user_id = $1",
+            id,
+            event,
+        )
+        .bind(deactivated_at),
+        // A failure while locked does not count.
+        UserEvent::LoginFailed {
+            at: _,
+            consecutive_failures: _,
+            while_locked: true,
+        } => stamping(STAMP, id, event),
         UserEvent::LoginFailed {
             at: _,
             consecutive_failures,
-            while_locked,
-        } => {
-            // A failure while locked does not count.
-            if !while_locked {
-                sqlx::query("UPDATE users SET failed_logins = $2 WHERE user_id = $1")
-                    .bind(id)
-                    .bind(to_i32(consecutive_failures, "a failure count")?)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-        }
-        UserEvent::AccountLocked { until, lockout } => {
-            sqlx::query(
-                "UPDATE users SET locked_until = $2, lockouts = $3, failed_logins = 0
-                  WHERE user_id = $1",
-            )
-            .bind(id)
-            .bind(until)
-            .bind(to_i32(lockout, "a lockout count")?)
-            .execute(&mut *conn)
-            .await?;
-        }
+            while_locked: false,
+        } => stamping(
+            "UPDATE users SET failed_logins = $4, updated_at = $2, last_position = $3
+              WHERE user_id = $1",
+            id,
+            event,
+        )
+        .bind(to_i32(consecutive_failures, "a failure count")?),
+        UserEvent::AccountLocked { until, lockout } => stamping(
+            "UPDATE users SET locked_until = $4, lockouts = $5, failed_logins = 0,
+                              updated_at = $2, last_position = $3
+              WHERE user_id = $1",
+            id,
+            event,
+        )
+        .bind(until)
+        .bind(to_i32(lockout, "a lockout count")?),
         UserEvent::LoginSucceeded {
             session_id: _,
             at,
             mfa_used: _,
-        } => {
-            sqlx::query(
-                "UPDATE users SET failed_logins = 0, last_login_at = $2 WHERE user_id = $1",
-            )
-            .bind(id)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-        }
+        } => stamping(
+            "UPDATE users SET failed_logins = 0, last_login_at = $4,
+                              updated_at = $2, last_position = $3
+              WHERE user_id = $1",
+            id,
+            event,
+        )
+        .bind(at),
         // The sealed TOTP secret stays in the log: a pending enrollment does not turn MFA on.
-        UserEvent::TotpEnrollmentStarted { secret: _ } => {}
+        UserEvent::TotpEnrollmentStarted { secret: _ } => stamping(STAMP, id, event),
         UserEvent::TotpConfirmed {
             step: _,
             recovery_codes,
             confirmed_at: _,
-        } => {
-            sqlx::query(
-                "UPDATE users SET mfa_enabled = true, recovery_codes_left = $2 WHERE user_id = $1",
-            )
-            .bind(id)
-            .bind(to_i32(recovery_codes.len(), "a number of recovery codes")?)
-            .execute(&mut *conn)
-            .await?;
-        }
-        UserEvent::TotpCodeUsed { step: _ } => {}
+        } => stamping(
+            "UPDATE users SET mfa_enabled = true, recovery_codes_left = $4,
+                              updated_at = $2, last_position = $3
+              WHERE user_id = $1",
+            id,
+            event,
+        )
+        .bind(to_i32(recovery_codes.len(), "a number of recovery codes")?),
+        UserEvent::TotpCodeUsed { step: _ } => stamping(STAMP, id, event),
         // The domain accepts each recovery code once, so each use is one code fewer.
-        UserEvent::RecoveryCodeUsed { code: _ } => {
-            sqlx::query(
-                "UPDATE users SET recovery_codes_left = GREATEST(recovery_codes_left - 1, 0)
-                  WHERE user_id = $1",
-            )
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        }
+        UserEvent::RecoveryCodeUsed { code: _ } => stamping(
+            "UPDATE users SET recovery_codes_left = GREATEST(recovery_codes_left - 1, 0),
+                              updated_at = $2, last_position = $3
+              WHERE user_id = $1",
+            id,
+            event,
+        ),
         UserEvent::MfaDisabled {
             step: _,
             disabled_at: _,
-        } => {
-            sqlx::query(
-                "UPDATE users SET mfa_enabled = false, recovery_codes_left = 0 WHERE user_id = $1",
-            )
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        }
-        UserEvent::AllSessionsRevoked { at } => {
-            sqlx::query(
-                "UPDATE users SET sessions_valid_after = GREATEST(sessions_valid_after, $2)
-                  WHERE user_id = $1",
-            )
-            .bind(id)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-        }
-    }
-    sqlx::query("UPDATE users SET updated_at = $2, last_position = $3 WHERE user_id = $1")
-        .bind(id)
-        .bind(event.recorded_at)
-        .bind(event.global_position)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+        } => stamping(
+            "UPDATE users SET mfa_enabled = false, recovery_codes_left = 0,
+                              updated_at = $2, last_position = $3
+              WHERE user_id = $1",
+            id,
+            event,
+        ),
+        UserEvent::AllSessionsRevoked { at } => stamping(
+            "UPDATE users SET sessions_valid_after = GREATEST(sessions_valid_after, $4),
+                              updated_at = $2, last_position = $3
+              WHERE user_id = $1",
+            id,
+            event,
+        )
+        .bind(at),
+    };
+    statement.execute(&mut *conn).await?;
+    Ok(Outcome::Applied)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -892,18 +1093,22 @@ pub(crate) fn revocation_reason(reason: RevocationReason) -> &'static str {
     }
 }
 
-async fn session(conn: &mut PgConnection, event: &RecordedEvent, id: Uuid) -> Step {
+async fn session(
+    conn: &mut PgConnection,
+    event: &RecordedEvent,
+    id: Uuid,
+    last: Option<i64>,
+) -> Result<Outcome, Problem> {
     let change: SessionEvent = decode(event, "Session")?;
-    let last: Option<i64> =
-        sqlx::query_scalar("SELECT last_position FROM sessions WHERE session_id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
     let creates = matches!(change, SessionEvent::SessionOpened { .. });
     if !is_new("session", creates, last, event.global_position)? {
-        return Ok(());
+        return Ok(Outcome::PassedOver);
     }
-    match change {
+    /// Ends the session, with its status, its reason (`$5`, when revoked) and its time.
+    const END: &str = "UPDATE sessions SET status = $4, revoke_reason = $5, ended_at = $6,
+                                           updated_at = $2, last_position = $3
+                        WHERE session_id = $1";
+    let statement = match change {
         SessionEvent::SessionOpened {
             session_id,
             user_id,
@@ -914,109 +1119,77 @@ async fn session(conn: &mut PgConnection, event: &RecordedEvent, id: Uuid) -> St
             opened_at,
         } => {
             same_id("session", session_id.as_uuid(), id)?;
-            sqlx::query(
+            stamping(
                 "INSERT INTO sessions (session_id, user_id, tenant_id, status, mfa, generation,
                                        opened_at, expires_at, updated_at, last_position)
-                 VALUES ($1, $2, $3, 'active', $4, 1, $5, $6, $7, $8)",
+                 VALUES ($1, $4, $5, 'active', $6, 1, $7, $8, $2, $3)",
+                id,
+                event,
             )
-            .bind(id)
             .bind(user_id.as_uuid())
             .bind(tenant_id.as_uuid())
             .bind(mfa)
             .bind(opened_at)
             .bind(expires_at)
-            .bind(event.recorded_at)
-            .bind(event.global_position)
-            .execute(&mut *conn)
-            .await?;
         }
         SessionEvent::RefreshTokenRotated {
             generation,
             refresh: _,
             rotated_at,
-        } => {
-            sqlx::query(
-                "UPDATE sessions SET generation = $2, last_refreshed_at = $3 WHERE session_id = $1",
-            )
-            .bind(id)
-            .bind(to_i64(generation, "a token generation")?)
-            .bind(rotated_at)
-            .execute(&mut *conn)
-            .await?;
-        }
+        } => stamping(
+            "UPDATE sessions SET generation = $4, last_refreshed_at = $5,
+                                 updated_at = $2, last_position = $3
+              WHERE session_id = $1",
+            id,
+            event,
+        )
+        .bind(to_i64(generation, "a token generation")?)
+        .bind(rotated_at),
         SessionEvent::RefreshTokenReused {
             presented_generation: _,
             detected_at,
-        } => {
-            sqlx::query("UPDATE sessions SET reuse_detected_at = $2 WHERE session_id = $1")
-                .bind(id)
-                .bind(detected_at)
-                .execute(&mut *conn)
-                .await?;
-        }
-        SessionEvent::SessionRevoked { reason, revoked_at } => {
-            end_session(
-                conn,
-                id,
-                "revoked",
-                Some(revocation_reason(reason)),
-                revoked_at,
-            )
-            .await?;
-        }
+        } => stamping(
+            "UPDATE sessions SET reuse_detected_at = $4, updated_at = $2, last_position = $3
+              WHERE session_id = $1",
+            id,
+            event,
+        )
+        .bind(detected_at),
+        SessionEvent::SessionRevoked { reason, revoked_at } => stamping(END, id, event)
+            .bind("revoked")
+            .bind(Some(revocation_reason(reason)))
+            .bind(revoked_at),
         SessionEvent::SessionEnded {
             reason: EndReason::Logout,
             ended_at,
-        } => {
-            end_session(conn, id, "ended", None, ended_at).await?;
-        }
-        SessionEvent::SessionExpired { expired_at } => {
-            end_session(conn, id, "expired", None, expired_at).await?;
-        }
-    }
-    sqlx::query("UPDATE sessions SET updated_at = $2, last_position = $3 WHERE session_id = $1")
-        .bind(id)
-        .bind(event.recorded_at)
-        .bind(event.global_position)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-async fn end_session(
-    conn: &mut PgConnection,
-    session: Uuid,
-    status: &str,
-    revoke_reason: Option<&str>,
-    at: DateTime<Utc>,
-) -> Step {
-    sqlx::query(
-        "UPDATE sessions SET status = $2, revoke_reason = $3, ended_at = $4 WHERE session_id = $1",
-    )
-    .bind(session)
-    .bind(status)
-    .bind(revoke_reason)
-    .bind(at)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+        } => stamping(END, id, event)
+            .bind("ended")
+            .bind(None::<&str>)
+            .bind(ended_at),
+        SessionEvent::SessionExpired { expired_at } => stamping(END, id, event)
+            .bind("expired")
+            .bind(None::<&str>)
+            .bind(expired_at),
+    };
+    statement.execute(&mut *conn).await?;
+    Ok(Outcome::Applied)
 }
 
 // ---------------------------------------------------------------------------------------
 // API keys.
 
-async fn api_key(conn: &mut PgConnection, event: &RecordedEvent, id: Uuid) -> Step {
+async fn api_key(
+    conn: &mut PgConnection,
+    event: &RecordedEvent,
+    id: Uuid,
+    last: Option<i64>,
+) -> Result<Outcome, Problem> {
     let change: ApiKeyEvent = decode(event, "ApiKey")?;
-    let last: Option<i64> =
-        sqlx::query_scalar("SELECT last_position FROM api_keys WHERE key_id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
     let creates = matches!(change, ApiKeyEvent::ApiKeyCreated { .. });
     if !is_new("API key", creates, last, event.global_position)? {
-        return Ok(());
+        return Ok(Outcome::PassedOver);
     }
-    match change {
+    let statement = match change {
         ApiKeyEvent::ApiKeyCreated {
             key_id,
             tenant_id,
@@ -1029,12 +1202,13 @@ async fn api_key(conn: &mut PgConnection, event: &RecordedEvent, id: Uuid) -> St
             created_at,
         } => {
             same_id("API key", key_id.as_uuid(), id)?;
-            sqlx::query(
+            stamping(
                 "INSERT INTO api_keys (key_id, tenant_id, owner, name, display_prefix, scopes,
                                        expires_at, created_at, updated_at, last_position)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                 VALUES ($1, $4, $5, $6, $7, $8, $9, $10, $2, $3)",
+                id,
+                event,
             )
-            .bind(id)
             .bind(tenant_id.as_uuid())
             .bind(owner.to_string())
             .bind(name)
@@ -1042,43 +1216,34 @@ async fn api_key(conn: &mut PgConnection, event: &RecordedEvent, id: Uuid) -> St
             .bind(permission_strings(scopes))
             .bind(expires_at)
             .bind(created_at)
-            .bind(event.recorded_at)
-            .bind(event.global_position)
-            .execute(&mut *conn)
-            .await?;
         }
-        ApiKeyEvent::ApiKeyRevoked { revoked_at } => {
-            sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE key_id = $1")
-                .bind(id)
-                .bind(revoked_at)
-                .execute(&mut *conn)
-                .await?;
-        }
-    }
-    sqlx::query("UPDATE api_keys SET updated_at = $2, last_position = $3 WHERE key_id = $1")
-        .bind(id)
-        .bind(event.recorded_at)
-        .bind(event.global_position)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+        ApiKeyEvent::ApiKeyRevoked { revoked_at } => stamping(
+            "UPDATE api_keys SET revoked_at = $4, updated_at = $2, last_position = $3
+              WHERE key_id = $1",
+            id,
+            event,
+        )
+        .bind(revoked_at),
+    };
+    statement.execute(&mut *conn).await?;
+    Ok(Outcome::Applied)
 }
 
 // ---------------------------------------------------------------------------------------
 // Service accounts.
 
-async fn service_account(conn: &mut PgConnection, event: &RecordedEvent, id: Uuid) -> Step {
+async fn service_account(
+    conn: &mut PgConnection,
+    event: &RecordedEvent,
+    id: Uuid,
+    last: Option<i64>,
+) -> Result<Outcome, Problem> {
     let change: ServiceAccountEvent = decode(event, "ServiceAccount")?;
-    let last: Option<i64> =
-        sqlx::query_scalar("SELECT last_position FROM service_accounts WHERE account_id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
     let creates = matches!(change, ServiceAccountEvent::ServiceAccountCreated { .. });
     if !is_new("service account", creates, last, event.global_position)? {
-        return Ok(());
+        return Ok(Outcome::PassedOver);
     }
-    match change {
+    let statement = match change {
         ServiceAccountEvent::ServiceAccountCreated {
             account_id,
             tenant_id,
@@ -1087,81 +1252,67 @@ async fn service_account(conn: &mut PgConnection, event: &RecordedEvent, id: Uui
             created_at,
         } => {
             same_id("service account", account_id.as_uuid(), id)?;
-            sqlx::query(
+            stamping(
                 "INSERT INTO service_accounts (account_id, tenant_id, name, enabled, created_by,
                                                created_at, active_secret_ids, updated_at,
                                                last_position)
-                 VALUES ($1, $2, $3, true, $4, $5, '{}', $6, $7)",
+                 VALUES ($1, $4, $5, true, $6, $7, '{}', $2, $3)",
+                id,
+                event,
             )
-            .bind(id)
             .bind(tenant_id.as_uuid())
             .bind(name)
             .bind(created_by.to_string())
             .bind(created_at)
-            .bind(event.recorded_at)
-            .bind(event.global_position)
-            .execute(&mut *conn)
-            .await?;
         }
         ServiceAccountEvent::ServiceAccountRenamed {
             name,
             renamed_at: _,
-        } => {
-            sqlx::query("UPDATE service_accounts SET name = $2 WHERE account_id = $1")
-                .bind(id)
-                .bind(name)
-                .execute(&mut *conn)
-                .await?;
-        }
-        ServiceAccountEvent::ServiceAccountDisabled { disabled_at: _ } => {
-            sqlx::query("UPDATE service_accounts SET enabled = false WHERE account_id = $1")
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-        }
-        ServiceAccountEvent::ServiceAccountEnabled { enabled_at: _ } => {
-            sqlx::query("UPDATE service_accounts SET enabled = true WHERE account_id = $1")
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-        }
+        } => stamping(
+            "UPDATE service_accounts SET name = $4, updated_at = $2, last_position = $3
+              WHERE account_id = $1",
+            id,
+            event,
+        )
+        .bind(name),
+        ServiceAccountEvent::ServiceAccountDisabled { disabled_at: _ } => stamping(
+            "UPDATE service_accounts SET enabled = false, updated_at = $2, last_position = $3
+              WHERE account_id = $1",
+            id,
+            event,
+        ),
+        ServiceAccountEvent::ServiceAccountEnabled { enabled_at: _ } => stamping(
+            "UPDATE service_accounts SET enabled = true, updated_at = $2, last_position = $3
+              WHERE account_id = $1",
+            id,
+            event,
+        ),
         ServiceAccountEvent::ClientSecretIssued {
             secret_id,
             hash: _,
             issued_at: _,
-        } => {
-            sqlx::query(
-                "UPDATE service_accounts SET active_secret_ids = array_append(active_secret_ids, $2)
-                  WHERE account_id = $1",
-            )
-            .bind(id)
-            .bind(secret_id)
-            .execute(&mut *conn)
-            .await?;
-        }
+        } => stamping(
+            "UPDATE service_accounts SET active_secret_ids = array_append(active_secret_ids, $4),
+                                         updated_at = $2, last_position = $3
+              WHERE account_id = $1",
+            id,
+            event,
+        )
+        .bind(secret_id),
         ServiceAccountEvent::ClientSecretRevoked {
             secret_id,
             revoked_at: _,
-        } => {
-            sqlx::query(
-                "UPDATE service_accounts SET active_secret_ids = array_remove(active_secret_ids, $2)
-                  WHERE account_id = $1",
-            )
-            .bind(id)
-            .bind(secret_id)
-            .execute(&mut *conn)
-            .await?;
-        }
-    }
-    sqlx::query(
-        "UPDATE service_accounts SET updated_at = $2, last_position = $3 WHERE account_id = $1",
-    )
-    .bind(id)
-    .bind(event.recorded_at)
-    .bind(event.global_position)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+        } => stamping(
+            "UPDATE service_accounts SET active_secret_ids = array_remove(active_secret_ids, $4),
+                                         updated_at = $2, last_position = $3
+              WHERE account_id = $1",
+            id,
+            event,
+        )
+        .bind(secret_id),
+    };
+    statement.execute(&mut *conn).await?;
+    Ok(Outcome::Applied)
 }
 
 #[cfg(test)]
