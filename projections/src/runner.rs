@@ -290,6 +290,13 @@ impl<T: Target + 'static> Runner<T> {
             match first {
                 Err(_idle) => {
                     self.heal(None).await?;
+                    // A deleted stream takes the consumer with it, and a pull on a consumer
+                    // that is gone may simply stay quiet: look, and start over if it is gone.
+                    if let Err(err) = consumer.get_info().await {
+                        return Err(ProjectionError::Bus(format!(
+                            "the consumer {name} is gone ({err}); creating it again"
+                        )));
+                    }
                     continue;
                 }
                 Ok(None) => return Err(ProjectionError::Bus("the consumer's stream ended".into())),
