@@ -970,7 +970,11 @@ impl<P: RedisProjection> Target for RedisModel<P> {
     }
 
     async fn checkpoint(&self) -> Result<Checkpoint, ProjectionError> {
-        let record = self.record().await?;
+        // The record exists once the model was prepared; only a missing one is written.
+        let record = match pg::checkpoint(&self.pool, self.projection.name()).await? {
+            Some(record) => record,
+            None => self.record().await?,
+        };
         let live = self.slot(Slot::Live).await?;
         let Some(live) = live.filter(|state| state.version == Some(self.projection.version()))
         else {

@@ -63,19 +63,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{
-    self, PasswordHash as Phc, PasswordHasher as _, PasswordVerifier as _, SaltString,
-};
-use argon2::{Algorithm, Argon2, Params, Version};
 use chrono::{DateTime, Utc};
 use commands::CommandMetadata;
 use commands::bus::Outcome;
 use commands::identity::{Identity, IdentityError, SystemClock};
 use commands::privacy::MasterKey;
-use commands::security::password::{HashingError, PasswordHasher};
 use cqrs_es::persist::SerializedEvent;
 use domain::ActorKind;
-use domain::identity::credentials::PasswordHash;
 use eventstore::{EventRepository, LogReader, PgSubjectKeys, ProtoEncoder, RecordedEvent, Relay};
 use futures::TryStreamExt;
 use hdrhistogram::Histogram;
@@ -276,42 +270,6 @@ async fn checkpoint_of(pool: &PgPool, name: &str) -> i64 {
 // ---------------------------------------------------------------------------------------
 // 1. Apply: the identity read model against raw multi-row inserts.
 
-/// Argon2id (version 19) at Argon2's minimum cost: the same algorithm and PHC strings as
-/// production, at a small fraction of the work, so that the log is quick to write.
-#[derive(Debug)]
-struct CheapArgon2id(Params);
-
-impl CheapArgon2id {
-    fn new() -> Self {
-        Self(Params::new(Params::MIN_M_COST, Params::MIN_T_COST, 1, None).unwrap())
-    }
-
-    fn argon2(&self) -> Argon2<'static> {
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.0.clone())
-    }
-}
-
-impl PasswordHasher for CheapArgon2id {
-    fn hash(&self, password: &str) -> Result<PasswordHash, HashingError> {
-        let salt =
-            SaltString::encode_b64(Uuid::new_v4().as_bytes()).map_err(HashingError::Argon2)?;
-        let phc = self
-            .argon2()
-            .hash_password(password.as_bytes(), &salt)
-            .map_err(HashingError::Argon2)?;
-        PasswordHash::parse(phc.to_string()).map_err(HashingError::Unrepresentable)
-    }
-
-    fn verify(&self, password: &str, hash: &PasswordHash) -> Result<bool, HashingError> {
-        let phc = Phc::new(hash.as_str()).map_err(HashingError::MalformedStoredHash)?;
-        match self.argon2().verify_password(password.as_bytes(), &phc) {
-            Ok(()) => Ok(true),
-            Err(password_hash::Error::Password) => Ok(false),
-            Err(other) => Err(HashingError::Argon2(other)),
-        }
-    }
-}
-
 type IdentityService = Identity<EventRepository, PgSubjectKeys>;
 
 fn anonymous() -> CommandMetadata {
@@ -400,7 +358,7 @@ async fn write_identity_log(db: &TestDb, tenants: usize, concurrency: usize) {
     let identity = Arc::new(Identity::new(
         store.repository.clone(),
         PgSubjectKeys::new(db.app.clone(), master.key_wrapping_key()),
-        Arc::new(CheapArgon2id::new()),
+        Arc::new(tests::passwords::CheapArgon2id::new()),
         &master,
         Arc::new(SystemClock),
     ));

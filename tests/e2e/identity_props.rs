@@ -11,19 +11,13 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use argon2::password_hash::{
-    self, PasswordHash as Phc, PasswordHasher as _, PasswordVerifier as _, SaltString,
-};
-use argon2::{Algorithm, Argon2, Params, Version};
 use chrono::Duration;
 use commands::bus::Outcome;
 use commands::identity::{Clock, IdentityError};
 use commands::privacy::MasterKey;
-use commands::security::password::{HashingError, PasswordHasher};
 use commands::security::totp;
 use commands::{ClientIp, CommandMetadata};
 use domain::ActorKind;
-use domain::identity::credentials::PasswordHash;
 use domain::identity::rbac::{BuiltinRole, Permission, PermissionSet};
 use proptest::prelude::*;
 use proptest::sample::{Index, subsequence};
@@ -34,49 +28,13 @@ use uuid::Uuid;
 
 use crate::identity::{Fixture, fixture_with};
 
-/// Argon2id (version 19) at Argon2's minimum cost: the same algorithm and PHC strings as
-/// production, at a small fraction of the work. Production's hasher refuses its hashes.
-#[derive(Debug)]
-struct CheapArgon2id(Params);
-
-impl CheapArgon2id {
-    fn new() -> Self {
-        Self(Params::new(Params::MIN_M_COST, Params::MIN_T_COST, 1, None).unwrap())
-    }
-
-    fn argon2(&self) -> Argon2<'static> {
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.0.clone())
-    }
-}
-
-impl PasswordHasher for CheapArgon2id {
-    fn hash(&self, password: &str) -> Result<PasswordHash, HashingError> {
-        let salt =
-            SaltString::encode_b64(Uuid::new_v4().as_bytes()).map_err(HashingError::Argon2)?;
-        let phc = self
-            .argon2()
-            .hash_password(password.as_bytes(), &salt)
-            .map_err(HashingError::Argon2)?;
-        PasswordHash::parse(phc.to_string()).map_err(HashingError::Unrepresentable)
-    }
-
-    fn verify(&self, password: &str, hash: &PasswordHash) -> Result<bool, HashingError> {
-        let phc = Phc::new(hash.as_str()).map_err(HashingError::MalformedStoredHash)?;
-        match self.argon2().verify_password(password.as_bytes(), &phc) {
-            Ok(()) => Ok(true),
-            Err(password_hash::Error::Password) => Ok(false),
-            Err(other) => Err(HashingError::Argon2(other)),
-        }
-    }
-}
-
 /// The identity service over `db`'s event store, hashing with [`CheapArgon2id`]; call it
 /// inside the runtime, which runs the store's tasks.
 fn fixture(db: &TestDb) -> Fixture {
     fixture_with(
         db,
         &MasterKey::from_bytes([7; 32]),
-        Arc::new(CheapArgon2id::new()),
+        Arc::new(tests::passwords::CheapArgon2id::new()),
     )
 }
 

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod example;
+pub mod passwords;
 
 use std::sync::Once;
 
