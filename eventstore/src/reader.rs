@@ -7,6 +7,7 @@
 use futures::Stream;
 use futures::stream::{self, TryStreamExt};
 use sqlx::{PgPool, Row};
+use uuid::Uuid;
 
 use crate::canonical::Digest32;
 use crate::error::StoreError;
@@ -121,6 +122,64 @@ pub(crate) async fn read_page(
     let rows = sqlx::query(SELECT_PAGE)
         .bind(from)
         .bind(to)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(RecordedEvent::from_row).collect()
+}
+
+/// Which events [`read_filtered_page`] returns; a `None` member selects every value.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogFilter<'a> {
+    /// Only this tenant's events (by the `tenant_id` column); `None` for every event,
+    /// platform-level ones included.
+    pub tenant: Option<Uuid>,
+    /// Only events of these aggregate types.
+    pub aggregate_types: Option<&'a [String]>,
+    /// Only events of these event types.
+    pub event_types: Option<&'a [String]>,
+}
+
+const SELECT_TENANT_PAGE: &str = "\
+SELECT global_position, event_id, aggregate_type, aggregate_id, sequence, event_type,
+       event_version, tenant_id, recorded_at, payload, metadata, prev_hash, tenant_prev_hash, hash
+  FROM events
+ WHERE tenant_id = $1 AND global_position >= $2 AND global_position <= $3
+   AND ($4::text[] IS NULL OR aggregate_type = ANY($4))
+   AND ($5::text[] IS NULL OR event_type = ANY($5))
+ ORDER BY global_position
+ LIMIT $6";
+
+const SELECT_FILTERED_PAGE: &str = "\
+SELECT global_position, event_id, aggregate_type, aggregate_id, sequence, event_type,
+       event_version, tenant_id, recorded_at, payload, metadata, prev_hash, tenant_prev_hash, hash
+  FROM events
+ WHERE global_position >= $1 AND global_position <= $2
+   AND ($3::text[] IS NULL OR aggregate_type = ANY($3))
+   AND ($4::text[] IS NULL OR event_type = ANY($4))
+ ORDER BY global_position
+ LIMIT $5";
+
+/// The first `limit` events from `from` to `to`, both included, that `filter` selects, in
+/// order. A tenant's page is read through the `(tenant_id, global_position)` index. Fewer
+/// than `limit` events means that no other selected event lies in the range, as far as it
+/// was committed when the statement started.
+pub async fn read_filtered_page(
+    pool: &PgPool,
+    filter: &LogFilter<'_>,
+    from: i64,
+    to: i64,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let query = match filter.tenant {
+        Some(tenant) => sqlx::query(SELECT_TENANT_PAGE).bind(tenant),
+        None => sqlx::query(SELECT_FILTERED_PAGE),
+    };
+    let rows = query
+        .bind(from)
+        .bind(to)
+        .bind(filter.aggregate_types)
+        .bind(filter.event_types)
         .bind(limit)
         .fetch_all(pool)
         .await?;
