@@ -27,6 +27,9 @@ pub const CORRELATION_ID: &str = "correlation_id";
 pub const CAUSATION_ID: &str = "causation_id";
 /// Metadata key: the caller's idempotency key, when the request had one.
 pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
+/// Metadata key: the `User-Agent` of the request, when it had one (at most 256 characters).
+/// It names software, not a person, and is stored as sent.
+pub const USER_AGENT: &str = "user_agent";
 /// Metadata key: the IP address the request came from, when known, sealed as personal data
 /// of the person the command concerns (a JSON `PersonalData` in the string).
 pub const CLIENT_IP: &str = "client_ip";
@@ -62,6 +65,8 @@ pub struct CommandMetadata {
     pub idempotency_key: Option<String>,
     /// Where the request came from, if known.
     pub client_ip: Option<ClientIp>,
+    /// The software that sent the request, if it said.
+    pub user_agent: Option<String>,
 }
 
 /// A metadata map that cannot be read as [`CommandMetadata`].
@@ -101,6 +106,7 @@ impl CommandMetadata {
             causation_id: None,
             idempotency_key: None,
             client_ip: None,
+            user_agent: None,
         }
     }
 
@@ -121,6 +127,9 @@ impl CommandMetadata {
         }
         if let Some(key) = &self.idempotency_key {
             map.insert(IDEMPOTENCY_KEY.to_owned(), key.clone());
+        }
+        if let Some(agent) = &self.user_agent {
+            map.insert(USER_AGENT.to_owned(), agent.chars().take(256).collect());
         }
         if let Some(ClientIp::Sealed(sealed)) = &self.client_ip
             && let Ok(json) = serde_json::to_string(sealed)
@@ -156,6 +165,7 @@ impl CommandMetadata {
                 .map(|v| uuid(CAUSATION_ID, v))
                 .transpose()?,
             idempotency_key: map.get(IDEMPOTENCY_KEY).cloned(),
+            user_agent: map.get(USER_AGENT).cloned(),
             client_ip: map
                 .get(CLIENT_IP)
                 .map(|v| {
@@ -181,6 +191,7 @@ mod tests {
         let mut meta = CommandMetadata::new("user-1", ActorKind::User, Some(Uuid::now_v7()));
         meta.causation_id = Some(Uuid::now_v7());
         meta.idempotency_key = Some("key-1".into());
+        meta.user_agent = Some("curl/8.5.0".into());
         meta.client_ip = Some(ClientIp::Sealed(PersonalData::from_sealed(
             domain::personal::SubjectId::from_uuid(Uuid::now_v7()),
             "c2VhbGVk".into(),

@@ -33,6 +33,111 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Show where each projection stands, or resume or skip a parked one.
     Projections(ProjectionsArgs),
+    /// Print the GraphQL schema (SDL) the gateway serves.
+    Schema,
+    /// Manage the keys that sign access tokens.
+    Keys(KeysArgs),
+}
+
+/// `keys` and what it does.
+#[derive(Debug, Clone, Args)]
+pub struct KeysArgs {
+    /// PostgreSQL URL of the application role.
+    #[arg(
+        long,
+        env = "PLATFORM_DATABASE_URL",
+        default_value = "postgres://platform_app@127.0.0.1:5432/platform",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// The master key, which seals the signing keys.
+    #[command(flatten)]
+    pub master: MasterKeyArgs,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+/// The operator's commands for signing keys.
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new signing key the one that signs. The previous one keeps verifying the
+    /// tokens it signed for `--overlap`, then is dropped from the JWKS.
+    Rotate {
+        /// How long the previous key keeps verifying; at least the access tokens' lifetime.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        overlap: Duration,
+    },
+    /// List the signing keys and their state.
+    List,
+}
+
+/// Where the master key comes from. The database never sees it.
+#[derive(Debug, Clone, Args)]
+pub struct MasterKeyArgs {
+    /// The master key: 64 hex digits or base64 of 32 bytes. Every other key (subjects'
+    /// data keys, the email index, sealed secrets, signing keys) is derived from it or
+    /// sealed with it.
+    #[arg(long, env = "PLATFORM_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
+
+    /// A file holding the master key, read when `--master-key` is absent. In `dev` mode a
+    /// missing file is created with a new random key (mode 0600).
+    #[arg(
+        long,
+        env = "PLATFORM_MASTER_KEY_FILE",
+        default_value = ".platform/master.key"
+    )]
+    pub master_key_file: std::path::PathBuf,
+}
+
+/// How strict the gateway is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// For a developer's machine: GraphiQL and introspection on; a master key file is made
+    /// when there is none.
+    Dev,
+    /// For production: GraphiQL and introspection off, and a master key must be given.
+    Production,
+}
+
+/// How the gateway serves.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// `dev` or `production`.
+    #[arg(long, env = "PLATFORM_MODE", value_enum, default_value = "dev")]
+    pub mode: Mode,
+
+    /// Serve GraphiQL on `GET /graphql` (default: on in dev, off in production).
+    #[arg(long, env = "PLATFORM_GRAPHIQL")]
+    pub graphiql: Option<bool>,
+
+    /// Answer introspection queries (default: on in dev, off in production).
+    #[arg(long, env = "PLATFORM_INTROSPECTION")]
+    pub introspection: Option<bool>,
+
+    /// The `iss` of access tokens.
+    #[arg(long, env = "PLATFORM_TOKEN_ISSUER", default_value = "platform")]
+    pub token_issuer: String,
+
+    /// The `aud` of access tokens.
+    #[arg(long, env = "PLATFORM_TOKEN_AUDIENCE", default_value = "platform-api")]
+    pub token_audience: String,
+
+    /// How long an access token lives; at most 15 minutes.
+    #[arg(
+        long,
+        env = "PLATFORM_ACCESS_TOKEN_TTL",
+        default_value = "15m",
+        value_parser = humantime::parse_duration
+    )]
+    pub access_token_ttl: Duration,
+
+    /// The master key.
+    #[command(flatten)]
+    pub master: MasterKeyArgs,
 }
 
 /// What `project` runs and connects to.
@@ -245,6 +350,10 @@ pub struct ServeArgs {
     /// Address the HTTP server will listen on.
     #[arg(long, env = "PLATFORM_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+
+    /// How the gateway serves.
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
 }
 
 #[cfg(test)]

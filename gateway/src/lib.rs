@@ -6,6 +6,14 @@
 //! machine where PostgreSQL, NATS and Redis run locally, so that a clean clone starts with
 //! no configuration at all. Only this crate knows HTTP and GraphQL.
 
+pub mod app;
+pub mod auth;
 pub mod cli;
+pub mod error;
+pub mod feed;
+pub mod graphql;
+pub mod http;
+pub mod metrics;
 pub mod operate;
+pub mod ratelimit;
 pub mod serve;

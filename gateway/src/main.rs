@@ -25,6 +25,8 @@ async fn main() -> ExitCode {
         Command::Project(args) => gateway::operate::project(&args).await,
         Command::Replay(args) => gateway::operate::replay(&args).await,
         Command::Projections(args) => gateway::operate::projections(&args).await,
+        Command::Schema => gateway::app::print_schema(),
+        Command::Keys(args) => gateway::app::keys(&args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

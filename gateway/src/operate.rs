@@ -78,7 +78,7 @@ pub async fn project(args: &ProjectArgs) -> Result<()> {
 
 /// Starts a worker for each of `names`, following the stream of `prefix`; Redis models
 /// live under the key prefix `redis_prefix`.
-pub(crate) async fn start_projections(
+pub async fn start_projections(
     pool: &PgPool,
     nats_url: &str,
     prefix: &str,

@@ -64,10 +64,37 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
         &crate::operate::CATALOG,
     )
     .await?;
+    let gateway = crate::app::build_gateway(
+        crate::app::GatewayParts {
+            pool: &pool,
+            appender: appender.clone(),
+            nats: connect_nats(&args.nats_url).await?,
+            nats_prefix: &args.nats_prefix,
+            redis: redis.clone(),
+            redis_prefix: &args.redis.redis_prefix,
+            hasher: std::sync::Arc::new(commands::security::password::Argon2id::owasp()),
+        },
+        &args.gateway,
+    )
+    .await?;
+    let (gateway, address) = crate::app::serve_gateway(gateway, args.http_addr).await?;
+    say(&format!(
+        "gateway: GraphQL at http://{address}/graphql{}, JWKS at /.well-known/jwks.json, health at /healthz and /readyz, metrics at /metrics",
+        if args
+            .gateway
+            .graphiql
+            .unwrap_or(args.gateway.mode == crate::cli::Mode::Dev)
+        {
+            " (GraphiQL: open it in a browser)"
+        } else {
+            ""
+        }
+    ));
     say("platform: ready; press Ctrl-C to stop");
 
     shutdown_signal().await;
     say("platform: stopping");
+    gateway.stop().await;
     for worker in workers {
         worker.stop().await;
     }
@@ -117,7 +144,7 @@ pub fn stream_name(prefix: &str) -> String {
 }
 
 /// A role (the relay, a projection worker) running on a task of its own until stopped.
-pub(crate) struct Running {
+pub struct Running {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -125,7 +152,7 @@ pub(crate) struct Running {
 impl Running {
     /// Spawns `run`, handing it a future that completes when [`Running::stop`] is called
     /// (or the handle is dropped).
-    pub(crate) fn spawn<F>(run: impl FnOnce(Stopped) -> F) -> Self
+    pub fn spawn<F>(run: impl FnOnce(Stopped) -> F) -> Self
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -136,8 +163,13 @@ impl Running {
         Self { stop, task }
     }
 
+    /// Ends the role at once, wherever it is (a test's teardown).
+    pub fn abort(self) {
+        self.task.abort();
+    }
+
     /// Asks the role to stop and waits until it has.
-    pub(crate) async fn stop(self) {
+    pub async fn stop(self) {
         let _ = self.stop.send(());
         if let Err(err) = self.task.await {
             tracing::error!("a task ended abnormally: {err}");
@@ -146,10 +178,10 @@ impl Running {
 }
 
 /// Completes when a role is asked to stop.
-pub(crate) type Stopped = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+pub type Stopped = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Connects to NATS, saying how to start it when it is not there.
-pub(crate) async fn connect_nats(url: &str) -> Result<async_nats::Client> {
+pub async fn connect_nats(url: &str) -> Result<async_nats::Client> {
     async_nats::ConnectOptions::new()
         .connection_timeout(CONNECT_TIMEOUT)
         .connect(url)
@@ -296,7 +328,7 @@ pub(crate) async fn check_nats(url: &str) -> Result<String> {
 
 /// Connects to Redis and checks that it answers. The connection reconnects by itself when
 /// Redis restarts.
-pub(crate) async fn connect_redis(url: &str) -> Result<redis::aio::ConnectionManager> {
+pub async fn connect_redis(url: &str) -> Result<redis::aio::ConnectionManager> {
     let client = redis::Client::open(url)
         .with_context(|| format!("--redis-url {url} is not a Redis URL"))?;
     let config = redis::aio::ConnectionManagerConfig::new()

@@ -137,6 +137,8 @@ fn serve_gets_ready_on_a_new_database_and_stops_on_sigterm() {
     let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let stream = gateway::serve::stream_name(&prefix);
     let _cleanup = (DeleteStream(stream.clone()), DeleteKeys(prefix.clone()));
+    let key_dir = std::env::temp_dir().join(format!("platform-{prefix}"));
+    let key_file = key_dir.join("master.key");
     let mut child = platform()
         .args([
             "serve",
@@ -148,6 +150,10 @@ fn serve_gets_ready_on_a_new_database_and_stops_on_sigterm() {
             &prefix,
             "--redis-prefix",
             &prefix,
+            "--http-addr",
+            "127.0.0.1:0",
+            "--master-key-file",
+            key_file.to_str().unwrap(),
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -171,6 +177,33 @@ fn serve_gets_ready_on_a_new_database_and_stops_on_sigterm() {
         }
     }
     assert!(seen[0].starts_with("database: created"), "{seen:?}");
+    // Dev mode made a master key, readable by its owner only.
+    assert!(
+        seen.iter().any(|l| l.starts_with("master key: created")),
+        "{seen:?}"
+    );
+    let mode = std::fs::metadata(&key_file).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let _ = std::fs::remove_dir_all(&key_dir);
+    // The gateway says where it listens, and answers there.
+    let address = seen
+        .iter()
+        .find_map(|l| l.strip_prefix("gateway: GraphQL at http://"))
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no gateway line: {seen:?}"))
+        .to_owned();
+    let mut stream_to = std::net::TcpStream::connect(&address).unwrap();
+    std::io::Write::write_all(
+        &mut stream_to,
+        b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut stream_to, &mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(
         seen.iter()
             .any(|l| l.starts_with(&format!("relay: stream {stream}"))
@@ -389,7 +422,7 @@ fn replay_rebuilds_a_read_model_through_a_position_and_refuses_what_is_not_there
         columns,
         [
             "identity",
-            "1",
+            "2",
             &first_tenant_end.to_string(),
             &(p.head - first_tenant_end).to_string(),
             "running"

@@ -167,6 +167,25 @@ CREATE TABLE service_accounts (
     last_position     bigint NOT NULL
 );
 CREATE INDEX service_accounts_by_tenant ON service_accounts (tenant_id);
+
+-- The gateway reads as `platform_reader`, bound to one tenant per transaction: each table
+-- shows it that tenant's rows and nothing else (migrations/0008_read_model_reader.sql).
+DO $grants$
+DECLARE
+    t text;
+BEGIN
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO platform_reader', current_schema());
+    FOREACH t IN ARRAY ARRAY['tenants', 'memberships', 'custom_roles', 'effective_permissions',
+                             'users', 'sessions', 'api_keys', 'service_accounts'] LOOP
+        EXECUTE format('GRANT SELECT ON %I TO platform_reader', t);
+        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE format(
+            'CREATE POLICY tenant_rows ON %I FOR SELECT TO platform_reader USING '
+            '(tenant_id = NULLIF(current_setting(''platform.tenant_id'', true), '''')::uuid)',
+            t);
+    END LOOP;
+END
+$grants$;
 "#;
 
 impl PgProjection for IdentityModel {
@@ -175,7 +194,8 @@ impl PgProjection for IdentityModel {
     }
 
     fn version(&self) -> i32 {
-        1
+        // 2: row-level security for the gateway's reader role.
+        2
     }
 
     fn wants(&self, event: &RecordedEvent) -> bool {

@@ -350,11 +350,12 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
             .map_err(IdentityError::from)?;
         let position = committed.map(|c| c.last_position);
         match decision {
-            LoginDecision::Opened { session_id } => Ok((
+            LoginDecision::Opened { session_id, mfa } => Ok((
                 LoginOutcome {
                     session_id,
                     user_id,
                     refresh_token,
+                    mfa,
                 },
                 position,
             )),
@@ -755,6 +756,8 @@ pub struct LoginOutcome {
     pub user_id: UserId,
     /// The session's first refresh token.
     pub refresh_token: String,
+    /// Whether the login used a second factor.
+    pub mfa: bool,
 }
 
 /// How a login ended once decided (a failure is recorded, then reported).
@@ -763,6 +766,8 @@ pub enum LoginDecision {
     Opened {
         /// The session.
         session_id: SessionId,
+        /// Whether a second factor was used.
+        mfa: bool,
     },
     /// The login failed; the failure (and a lockout) was recorded.
     Refused(IdentityError),
@@ -882,6 +887,7 @@ impl<L: EventLog> Command<L> for Login {
         .map_err(refused)?;
         Ok(LoginDecision::Opened {
             session_id: self.session_id,
+            mfa: mfa_used,
         })
     }
 }

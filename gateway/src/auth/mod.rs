@@ -1,0 +1,500 @@
+//! Who is calling: access tokens, API keys and service accounts, resolved into a [`Caller`].
+//!
+//! A request proves who it is with `Authorization: Bearer <token>` (an access JWT, or an API
+//! key, which is recognisable by its `pck_` prefix and checksum) or with `x-api-key: <key>`.
+//! Revocation is looked up in Redis first (the `identity_hot` model) and in PostgreSQL when
+//! Redis has no live model, so a revoked session or key stops working as soon as the models
+//! have applied the revocation, which is well under a second.
+//!
+//! The key decision: the tenant always comes from the credential. Resolvers take it from
+//! the [`Caller`], never from an argument, and every permission is checked against the
+//! caller's effective permissions in that tenant (narrowed to an API key's scopes).
+
+pub mod jwt;
+pub mod keys;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use commands::bus::{EventLog, UnitOfWork};
+use commands::security::api_key::ApiKeySecret;
+use domain::ActorKind;
+use domain::identity::api_key::ApiKey;
+use domain::identity::principal::Principal;
+use domain::identity::rbac::{Permission, PermissionSet};
+use projections::identity_hot::IdentityHot;
+use projections::redis::Lookup;
+use sqlx::PgPool;
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use domain::identity::values::{ServiceAccountId, UserId};
+use jwt::{AccessGrant, PrincipalKind};
+use keys::Keyring;
+
+/// How a caller proved who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// An access token of a session (users) or of a client-credentials grant (service
+    /// accounts).
+    AccessToken {
+        /// The session, for users.
+        session_id: Option<Uuid>,
+        /// Whether the session was opened with a second factor.
+        mfa: bool,
+    },
+    /// An API key, which acts for its owner within its scopes.
+    ApiKey {
+        /// The key's id.
+        key_id: Uuid,
+        /// What the key may do, at most.
+        scopes: PermissionSet,
+    },
+}
+
+/// A caller who proved who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    /// The user or service account.
+    pub principal: Principal,
+    /// The tenant the credential belongs to; the only tenant the caller acts in.
+    pub tenant_id: Uuid,
+    /// How it proved it.
+    pub credential: Credential,
+}
+
+impl Authenticated {
+    /// The principal's kind, for command metadata.
+    pub fn actor_kind(&self) -> ActorKind {
+        match self.principal {
+            Principal::User(_) => ActorKind::User,
+            Principal::ServiceAccount(_) => ActorKind::ServiceAccount,
+        }
+    }
+
+    /// The principal's id, for command metadata.
+    pub fn actor_id(&self) -> String {
+        match self.principal {
+            Principal::User(id) => id.to_string(),
+            Principal::ServiceAccount(id) => id.to_string(),
+        }
+    }
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// No credential was presented.
+    Anonymous,
+    /// A credential was presented and holds.
+    Authenticated(Authenticated),
+}
+
+impl Caller {
+    /// The authenticated caller, or UNAUTHENTICATED.
+    pub fn require(&self) -> Result<&Authenticated, ApiError> {
+        match self {
+            Self::Authenticated(caller) => Ok(caller),
+            Self::Anonymous => Err(ApiError::unauthenticated(
+                "no_credential",
+                "sign in first: send `Authorization: Bearer <access token or API key>`",
+            )),
+        }
+    }
+}
+
+/// Resolves credentials and permissions.
+#[derive(Clone)]
+pub struct Authenticator<L> {
+    keyring: Keyring,
+    hot: IdentityHot,
+    pool: PgPool,
+    log: L,
+    clock: Arc<dyn commands::identity::Clock>,
+}
+
+impl<L> std::fmt::Debug for Authenticator<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator").finish_non_exhaustive()
+    }
+}
+
+/// The credential a request presents, before it is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presented {
+    /// None.
+    Nothing,
+    /// A bearer token: an access JWT.
+    Token(String),
+    /// An API key.
+    ApiKey(String),
+}
+
+impl Presented {
+    /// Reads `Authorization` and `x-api-key`. Presenting both is refused as ambiguous.
+    pub fn from_headers(headers: &axum::http::HeaderMap) -> Result<Self, ApiError> {
+        let bearer = match headers.get(axum::http::header::AUTHORIZATION) {
+            None => None,
+            Some(value) => {
+                let text = value.to_str().map_err(|_| malformed())?;
+                let (scheme, token) = text.split_once(' ').ok_or_else(malformed)?;
+                if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+                    return Err(malformed());
+                }
+                Some(token.trim().to_owned())
+            }
+        };
+        let api_key = match headers.get("x-api-key") {
+            None => None,
+            Some(value) => Some(value.to_str().map_err(|_| malformed())?.trim().to_owned()),
+        };
+        Ok(match (bearer, api_key) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::unauthenticated(
+                    "ambiguous_credential",
+                    "send either `Authorization` or `x-api-key`, not both",
+                ));
+            }
+            (Some(token), None) if token.starts_with(commands::security::api_key::PREFIX) => {
+                Self::ApiKey(token)
+            }
+            (Some(token), None) => Self::Token(token),
+            (None, Some(key)) => Self::ApiKey(key),
+            (None, None) => Self::Nothing,
+        })
+    }
+}
+
+fn malformed() -> ApiError {
+    ApiError::unauthenticated(
+        "malformed_credential",
+        "the `Authorization` header must be `Bearer <access token or API key>`",
+    )
+}
+
+fn revoked(what: &str) -> ApiError {
+    ApiError::unauthenticated("revoked", format!("this {what} was revoked or has ended"))
+}
+
+/// Converts a model's microsecond timestamp.
+fn micros(us: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(us)
+}
+
+impl<L: EventLog + Clone> Authenticator<L> {
+    /// An authenticator over the keyring, the hot model, the read models and the log.
+    pub fn new(
+        keyring: Keyring,
+        hot: IdentityHot,
+        pool: PgPool,
+        log: L,
+        clock: Arc<dyn commands::identity::Clock>,
+    ) -> Self {
+        Self {
+            keyring,
+            hot,
+            pool,
+            log,
+            clock,
+        }
+    }
+
+    /// The keyring that signs and checks access tokens.
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    /// Signs an access token for `principal` of `tenant`; returns it and its lifetime in
+    /// seconds. A user's token belongs to a session.
+    pub fn issue(
+        &self,
+        principal: Principal,
+        tenant: Uuid,
+        session: Option<Uuid>,
+        mfa: bool,
+    ) -> Result<(String, i64), ApiError> {
+        let grant = match (principal, session) {
+            (Principal::User(user), Some(session)) => {
+                AccessGrant::user(user.as_uuid(), tenant, session, mfa)
+            }
+            (Principal::User(_), None) => {
+                return Err(ApiError::internal("a user's access token needs a session"));
+            }
+            (Principal::ServiceAccount(account), session) => {
+                AccessGrant::service_account(account.as_uuid(), tenant, session)
+            }
+        };
+        let issued = self.keyring.sign(&grant).map_err(ApiError::internal)?;
+        Ok((issued.token, issued.claims.exp - issued.claims.iat))
+    }
+
+    /// Checks a presented credential.
+    pub async fn authenticate(&self, presented: &Presented) -> Result<Caller, ApiError> {
+        match presented {
+            Presented::Nothing => Ok(Caller::Anonymous),
+            Presented::Token(token) => self.access_token(token).await.map(Caller::Authenticated),
+            Presented::ApiKey(key) => self.api_key(key).await.map(Caller::Authenticated),
+        }
+    }
+
+    async fn access_token(&self, token: &str) -> Result<Authenticated, ApiError> {
+        let claims = self
+            .keyring
+            .verify(token)
+            .map_err(|err| ApiError::unauthenticated(err.reason(), err.to_string()))?;
+        let principal = match claims.pkind {
+            PrincipalKind::User => Principal::User(UserId::from_uuid(claims.sub)),
+            PrincipalKind::ServiceAccount => {
+                Principal::ServiceAccount(ServiceAccountId::from_uuid(claims.sub))
+            }
+        };
+        let now = self.clock.now();
+        if let Some(session) = claims.sid {
+            self.check_session(session, now).await?;
+        }
+        self.check_principal(&principal, claims.sid, now).await?;
+        Ok(Authenticated {
+            principal,
+            tenant_id: claims.tid,
+            credential: Credential::AccessToken {
+                session_id: claims.sid,
+                mfa: claims.mfa,
+            },
+        })
+    }
+
+    /// A session holds if the hot model shows it active. When the model does not know it
+    /// (it was opened a moment ago and the model lags, or Redis has no live model), the
+    /// session's aggregate in the log decides.
+    async fn check_session(&self, session: Uuid, now: DateTime<Utc>) -> Result<(), ApiError> {
+        match self.hot.session(session).await {
+            Ok(Lookup::Found {
+                value: Some(hot), ..
+            }) => {
+                let expired = micros(hot.expires_at_us).is_none_or(|at| at <= now);
+                if hot.status != "active" || expired {
+                    return Err(revoked("session"));
+                }
+                Ok(())
+            }
+            Ok(_) => self.check_session_in_log(session, now).await,
+            Err(err) => {
+                tracing::warn!("redis: {err}; checking the session in the log");
+                self.check_session_in_log(session, now).await
+            }
+        }
+    }
+
+    async fn check_session_in_log(
+        &self,
+        session: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<(), ApiError> {
+        let metadata = commands::CommandMetadata::new("gateway", ActorKind::System, None);
+        let reader = UnitOfWork::new(&self.log, &metadata);
+        let loaded = reader
+            .load::<domain::identity::session::Session>(&session.to_string())
+            .await
+            .map_err(ApiError::internal)?;
+        if loaded.state().is_active(now) {
+            Ok(())
+        } else {
+            Err(revoked("session"))
+        }
+    }
+
+    /// The principal must be active, and a user's session must be newer than their last
+    /// "sign out everywhere" or password change.
+    async fn check_principal(
+        &self,
+        principal: &Principal,
+        session: Option<Uuid>,
+        now: DateTime<Utc>,
+    ) -> Result<(), ApiError> {
+        let _ = now;
+        if let Ok(Lookup::Found {
+            value: Some(hot), ..
+        }) = self.hot.principal(&principal.to_string()).await
+        {
+            if hot.status == "deactivated" || hot.status == "disabled" {
+                return Err(ApiError::unauthenticated(
+                    "principal_inactive",
+                    "this account is deactivated",
+                ));
+            }
+            if let (Some(valid_after), Some(session)) = (hot.sessions_valid_after_us, session)
+                && let Ok(Lookup::Found {
+                    value: Some(hot_session),
+                    ..
+                }) = self.hot.session(session).await
+                && hot_session.opened_at_us <= valid_after
+            {
+                return Err(revoked("session"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn api_key(&self, text: &str) -> Result<Authenticated, ApiError> {
+        let secret = ApiKeySecret::parse(text).map_err(|err| {
+            ApiError::unauthenticated("malformed_api_key", format!("the API key {err}"))
+        })?;
+        let presented = secret.hash();
+        let now = self.clock.now();
+        let candidates = match self.hot.api_keys(&secret.display_prefix()).await {
+            Ok(Lookup::Found { value, .. }) => Some(value.unwrap_or_default()),
+            Ok(Lookup::Unavailable) => None,
+            Err(err) => {
+                tracing::warn!("redis: {err}; checking the API key in PostgreSQL");
+                None
+            }
+        };
+        match candidates {
+            Some(candidates) => {
+                let Some(key) = candidates.into_iter().find(|key| {
+                    bool::from(key.hash.as_bytes().ct_eq(presented.to_string().as_bytes()))
+                }) else {
+                    return Err(ApiError::unauthenticated(
+                        "unknown_api_key",
+                        "this API key is not known",
+                    ));
+                };
+                let expired = key
+                    .expires_at_us
+                    .and_then(micros)
+                    .is_some_and(|at| at <= now);
+                if key.status != "active" || expired {
+                    return Err(revoked("API key"));
+                }
+                let principal: Principal = key
+                    .owner
+                    .parse()
+                    .map_err(|_| ApiError::internal("an API key's owner is malformed"))?;
+                let scopes = key
+                    .scopes
+                    .iter()
+                    .filter_map(|scope| scope.parse::<Permission>().ok())
+                    .collect();
+                Ok(Authenticated {
+                    principal,
+                    tenant_id: key.tenant_id,
+                    credential: Credential::ApiKey {
+                        key_id: key.key_id,
+                        scopes,
+                    },
+                })
+            }
+            None => self.api_key_from_log(&secret, now).await,
+        }
+    }
+
+    /// Without Redis: the read model finds the keys with the prefix, and each key's
+    /// aggregate in the log holds its hash.
+    async fn api_key_from_log(
+        &self,
+        secret: &ApiKeySecret,
+        now: DateTime<Utc>,
+    ) -> Result<Authenticated, ApiError> {
+        let ids: Vec<Uuid> =
+            sqlx::query_scalar("SELECT key_id FROM rm_identity.api_keys WHERE display_prefix = $1")
+                .bind(secret.display_prefix())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(ApiError::internal)?;
+        let presented = secret.hash();
+        let metadata = commands::CommandMetadata::new("gateway", ActorKind::System, None);
+        let reader = UnitOfWork::new(&self.log, &metadata);
+        for id in ids {
+            let loaded = reader
+                .load::<ApiKey>(&id.to_string())
+                .await
+                .map_err(ApiError::internal)?;
+            let key = loaded.state();
+            let matches = key.hash().is_some_and(|hash| {
+                bool::from(
+                    hash.to_string()
+                        .as_bytes()
+                        .ct_eq(presented.to_string().as_bytes()),
+                )
+            });
+            if !matches {
+                continue;
+            }
+            if !key.is_usable(now) {
+                return Err(revoked("API key"));
+            }
+            let (Some(principal), Some(tenant)) = (key.owner(), key.tenant()) else {
+                return Err(revoked("API key"));
+            };
+            return Ok(Authenticated {
+                principal,
+                tenant_id: tenant.as_uuid(),
+                credential: Credential::ApiKey {
+                    key_id: id,
+                    scopes: key.scopes(),
+                },
+            });
+        }
+        Err(ApiError::unauthenticated(
+            "unknown_api_key",
+            "this API key is not known",
+        ))
+    }
+
+    /// The user, tenant and second-factor flag of a session, from its aggregate.
+    pub async fn session_holder(
+        &self,
+        session: Uuid,
+    ) -> Result<(domain::identity::values::UserId, Uuid, bool), ApiError> {
+        let metadata = commands::CommandMetadata::new("gateway", ActorKind::System, None);
+        let reader = UnitOfWork::new(&self.log, &metadata);
+        let loaded = reader
+            .load::<domain::identity::session::Session>(&session.to_string())
+            .await
+            .map_err(ApiError::internal)?;
+        let state = loaded.state();
+        match (state.user(), state.tenant()) {
+            (Some(user), Some(tenant)) => Ok((user, tenant.as_uuid(), state.mfa())),
+            _ => Err(revoked("session")),
+        }
+    }
+
+    /// The caller's effective permissions in its tenant, narrowed to an API key's scopes.
+    pub async fn permissions(&self, caller: &Authenticated) -> Result<PermissionSet, ApiError> {
+        let principal = caller.principal.to_string();
+        let names = match self.hot.permissions(caller.tenant_id, &principal).await {
+            Ok(Lookup::Found { value, .. }) => value.unwrap_or_default(),
+            Ok(Lookup::Unavailable) => self.permissions_in_postgres(caller, &principal).await?,
+            Err(err) => {
+                tracing::warn!("redis: {err}; reading permissions from PostgreSQL");
+                self.permissions_in_postgres(caller, &principal).await?
+            }
+        };
+        let held: PermissionSet = names
+            .iter()
+            .filter_map(|name| name.parse::<Permission>().ok())
+            .collect();
+        Ok(match &caller.credential {
+            Credential::ApiKey { scopes, .. } => held.intersection(*scopes),
+            Credential::AccessToken { .. } => held,
+        })
+    }
+
+    async fn permissions_in_postgres(
+        &self,
+        caller: &Authenticated,
+        principal: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        let row: Option<Vec<String>> = sqlx::query_scalar(
+            "SELECT permissions FROM rm_identity.effective_permissions
+              WHERE tenant_id = $1 AND principal = $2",
+        )
+        .bind(caller.tenant_id)
+        .bind(principal)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(ApiError::internal)?;
+        Ok(row.unwrap_or_default())
+    }
+}

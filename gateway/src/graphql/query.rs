@@ -1,0 +1,292 @@
+//! Queries over the identity read model. Every resolver checks a permission, takes the
+//! tenant from the caller, and reads through a transaction that row-level security binds
+//! to that tenant. Lists are Relay connections over the rows' ids (UUIDv7, so in order of
+//! creation), with opaque cursors and clamped page sizes.
+
+use async_graphql::connection::{Connection, Edge, OpaqueCursor};
+use async_graphql::{Context, Object, SimpleObject};
+use domain::identity::principal::Principal;
+use domain::identity::rbac::{BuiltinRole, Permission};
+use uuid::Uuid;
+
+use super::Request;
+use super::types::{
+    ApiKey, Role, ServiceAccount, Session, Tenant, USER_COLUMNS, USER_FROM, User, UserRow,
+};
+use crate::error::{ApiError, ApiResult};
+
+/// A page of a list.
+pub type Page<T> = Connection<OpaqueCursor<Uuid>, T>;
+
+/// The root of every query.
+#[derive(Debug, Default)]
+pub struct QueryRoot;
+
+/// The signed-in caller.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct Me {
+    /// `user:<id>` or `service_account:<id>`.
+    pub principal: String,
+    /// The caller's tenant.
+    pub tenant_id: Uuid,
+    /// The user, for a person.
+    pub user: Option<User>,
+    /// The caller's effective permissions (an API key's are narrowed to its scopes).
+    pub permissions: Vec<String>,
+}
+
+fn after_id(after: Option<String>) -> ApiResult<Option<Uuid>> {
+    after
+        .map(|cursor| {
+            <OpaqueCursor<Uuid> as async_graphql::connection::CursorType>::decode_cursor(&cursor)
+                .map(|cursor| cursor.0)
+                .map_err(|_| ApiError::bad_input("after", "is not a cursor of this list"))
+        })
+        .transpose()
+}
+
+/// Builds a connection from up to `size + 1` rows.
+fn connection<T: async_graphql::OutputType>(
+    mut rows: Vec<(Uuid, T)>,
+    size: usize,
+    after: Option<Uuid>,
+) -> Page<T> {
+    let has_next = rows.len() > size;
+    rows.truncate(size);
+    let mut page = Connection::new(after.is_some(), has_next);
+    page.edges.extend(
+        rows.into_iter()
+            .map(|(id, node)| Edge::new(OpaqueCursor(id), node)),
+    );
+    page
+}
+
+fn limit(size: usize) -> i64 {
+    i64::try_from(size).unwrap_or(i64::MAX).saturating_add(1)
+}
+
+#[Object(name = "Query")]
+impl QueryRoot {
+    /// The caller: principal, tenant, user and effective permissions.
+    async fn me(&self, ctx: &Context<'_>) -> ApiResult<Me> {
+        let request = Request::of(ctx)?;
+        let caller = request.context.caller.require()?;
+        let permissions = request.permissions().await?;
+        let user = match caller.principal {
+            Principal::User(id) => {
+                let mut tx = request.read(caller.tenant_id).await?;
+                let row: Option<UserRow> = sqlx::query_as(&format!(
+                    "SELECT {USER_COLUMNS} FROM {USER_FROM} WHERE u.user_id = $1"
+                ))
+                .bind(id.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(ApiError::internal)?;
+                match row {
+                    Some(row) => Some(row.open(&request.services.keys).await?),
+                    None => None,
+                }
+            }
+            Principal::ServiceAccount(_) => None,
+        };
+        Ok(Me {
+            principal: caller.principal.to_string(),
+            tenant_id: caller.tenant_id,
+            user,
+            permissions: permissions.iter().map(|p| p.as_str().to_owned()).collect(),
+        })
+    }
+
+    /// The caller's tenant. Needs `tenants:read`.
+    async fn tenant(&self, ctx: &Context<'_>) -> ApiResult<Tenant> {
+        let request = Request::of(ctx)?;
+        let caller = request.require(Permission::TenantsRead).await?;
+        let mut tx = request.read(caller.tenant_id).await?;
+        sqlx::query_as(
+            "SELECT tenant_id, name, plan, status, created_at FROM tenants WHERE tenant_id = $1",
+        )
+        .bind(caller.tenant_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found("tenant"))
+    }
+
+    /// One user of the caller's tenant. Needs `users:read`.
+    async fn user(&self, ctx: &Context<'_>, id: Uuid) -> ApiResult<User> {
+        let request = Request::of(ctx)?;
+        let caller = request.require(Permission::UsersRead).await?;
+        let mut tx = request.read(caller.tenant_id).await?;
+        let row: UserRow = sqlx::query_as(&format!(
+            "SELECT {USER_COLUMNS} FROM {USER_FROM} WHERE u.user_id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+        row.open(&request.services.keys).await
+    }
+
+    /// The users of the caller's tenant, oldest first. Needs `users:read`.
+    #[graphql(complexity = "first.unwrap_or(20).clamp(0, 100) as usize * child_complexity")]
+    async fn users(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<Page<User>> {
+        let request = Request::of(ctx)?;
+        let caller = request.require(Permission::UsersRead).await?;
+        let size = request.page_size(first)?;
+        let after = after_id(after)?;
+        let mut tx = request.read(caller.tenant_id).await?;
+        let rows: Vec<UserRow> = sqlx::query_as(&format!(
+            "SELECT {USER_COLUMNS} FROM {USER_FROM}
+              WHERE u.user_id > COALESCE($1, '00000000-0000-0000-0000-000000000000'::uuid)
+              ORDER BY u.user_id LIMIT $2"
+        ))
+        .bind(after)
+        .bind(limit(size))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(ApiError::internal)?;
+        let mut users = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id = row.user_id;
+            users.push((id, row.open(&request.services.keys).await?));
+        }
+        Ok(connection(users, size, after))
+    }
+
+    /// The built-in roles and the tenant's own. Needs `roles:read`.
+    async fn roles(&self, ctx: &Context<'_>) -> ApiResult<Vec<Role>> {
+        let request = Request::of(ctx)?;
+        let caller = request.require(Permission::RolesRead).await?;
+        let mut roles: Vec<Role> = BuiltinRole::ALL
+            .iter()
+            .map(|role| Role {
+                name: role.as_str().to_owned(),
+                builtin: true,
+                permissions: role
+                    .permissions()
+                    .iter()
+                    .map(|p| p.as_str().to_owned())
+                    .collect(),
+            })
+            .collect();
+        let mut tx = request.read(caller.tenant_id).await?;
+        let custom: Vec<(String, Vec<String>)> =
+            sqlx::query_as("SELECT name, permissions FROM custom_roles ORDER BY name")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(ApiError::internal)?;
+        roles.extend(custom.into_iter().map(|(name, permissions)| Role {
+            name,
+            builtin: false,
+            permissions,
+        }));
+        Ok(roles)
+    }
+
+    /// Every permission the platform knows, with what it allows.
+    async fn permissions(&self, ctx: &Context<'_>) -> ApiResult<Vec<String>> {
+        let request = Request::of(ctx)?;
+        request.context.caller.require()?;
+        Ok(Permission::ALL
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect())
+    }
+
+    /// The tenant's sessions, oldest first. Needs `sessions:read`.
+    #[graphql(complexity = "first.unwrap_or(20).clamp(0, 100) as usize * child_complexity")]
+    async fn sessions(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<Page<Session>> {
+        let request = Request::of(ctx)?;
+        let caller = request.require(Permission::SessionsRead).await?;
+        let size = request.page_size(first)?;
+        let after = after_id(after)?;
+        let mut tx = request.read(caller.tenant_id).await?;
+        let rows: Vec<Session> = sqlx::query_as(
+            "SELECT session_id, user_id, status, mfa, opened_at, expires_at FROM sessions
+              WHERE session_id > COALESCE($1, '00000000-0000-0000-0000-000000000000'::uuid)
+              ORDER BY session_id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit(size))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(ApiError::internal)?;
+        Ok(connection(
+            rows.into_iter().map(|row| (row.id, row)).collect(),
+            size,
+            after,
+        ))
+    }
+
+    /// The tenant's API keys, oldest first; never the keys themselves. Needs `api_keys:read`.
+    #[graphql(complexity = "first.unwrap_or(20).clamp(0, 100) as usize * child_complexity")]
+    async fn api_keys(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<Page<ApiKey>> {
+        let request = Request::of(ctx)?;
+        let caller = request.require(Permission::ApiKeysRead).await?;
+        let size = request.page_size(first)?;
+        let after = after_id(after)?;
+        let mut tx = request.read(caller.tenant_id).await?;
+        let rows: Vec<ApiKey> = sqlx::query_as(
+            "SELECT key_id, name, display_prefix, owner, scopes, expires_at, revoked_at,
+                    created_at FROM api_keys
+              WHERE key_id > COALESCE($1, '00000000-0000-0000-0000-000000000000'::uuid)
+              ORDER BY key_id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit(size))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(ApiError::internal)?;
+        Ok(connection(
+            rows.into_iter().map(|row| (row.id, row)).collect(),
+            size,
+            after,
+        ))
+    }
+
+    /// The tenant's service accounts, oldest first. Needs `service_accounts:read`.
+    #[graphql(complexity = "first.unwrap_or(20).clamp(0, 100) as usize * child_complexity")]
+    async fn service_accounts(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<Page<ServiceAccount>> {
+        let request = Request::of(ctx)?;
+        let caller = request.require(Permission::ServiceAccountsRead).await?;
+        let size = request.page_size(first)?;
+        let after = after_id(after)?;
+        let mut tx = request.read(caller.tenant_id).await?;
+        let rows: Vec<ServiceAccount> = sqlx::query_as(
+            "SELECT account_id, name, enabled, created_at FROM service_accounts
+              WHERE account_id > COALESCE($1, '00000000-0000-0000-0000-000000000000'::uuid)
+              ORDER BY account_id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit(size))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(ApiError::internal)?;
+        Ok(connection(
+            rows.into_iter().map(|row| (row.id, row)).collect(),
+            size,
+            after,
+        ))
+    }
+}
