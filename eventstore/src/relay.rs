@@ -34,6 +34,7 @@ use proto::TypedEvent;
 use proto::v1::EventEnvelope;
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep};
 
 use crate::error::StoreError;
@@ -143,6 +144,9 @@ pub enum RelayError {
     /// The advisory lock's connection broke: another relay may lead now.
     #[error("lost the relay lock")]
     LostLock,
+    /// The task that reads the log ahead of the publisher stopped.
+    #[error("the relay's log reader stopped")]
+    ReaderStopped,
 }
 
 impl From<sqlx::Error> for RelayError {
@@ -503,32 +507,32 @@ impl<E: EncodeEvent> Relay<E> {
             acked: start,
         };
         self.stats.acked_position.store(start, Ordering::Relaxed);
+        // Reading and encoding run in a task of their own, a page or two ahead, so that they
+        // take the other worker thread while this one only publishes and settles acks.
+        let (pages_tx, mut pages) = mpsc::channel(READ_AHEAD_PAGES);
+        let _reader = AbortOnDrop(tokio::spawn(read_ahead(
+            ReadAhead {
+                pool: self.pool.clone(),
+                encoder: Arc::clone(&self.encoder),
+                config: self.config.clone(),
+                next: start + 1,
+            },
+            listener,
+            pages_tx,
+        )));
         let mut stored = start;
-        let mut next = start + 1;
         let mut lock_checked = Instant::now();
-        let page_size = self.config.page_size;
-        let mut page = read_page(&self.pool, next, i64::MAX, page_size).await?;
         loop {
-            let caught_up = (page.len() as i64) < page_size;
-            // While a full page is published, the next one is read: the two round trips
-            // overlap instead of taking turns.
-            let ahead = match page.last() {
-                Some(last) if !caught_up => Some(last.global_position + 1),
-                _ => None,
-            };
-            let (published, read) = tokio::join!(self.publish(&page, &mut flight), async {
-                match ahead {
-                    Some(from) => read_page(&self.pool, from, i64::MAX, page_size)
-                        .await
-                        .map(Some),
-                    None => Ok(None),
+            let page = tokio::select! {
+                page = pages.recv() => page.ok_or(RelayError::ReaderStopped)??,
+                () = sleep(self.config.standby_poll) => {
+                    check_lock(lock).await?;
+                    lock_checked = Instant::now();
+                    continue;
                 }
-            });
-            published?;
-            if let Some(last) = page.last() {
-                next = last.global_position + 1;
-            }
-            if caught_up {
+            };
+            self.publish(page.messages, &mut flight).await?;
+            if page.caught_up {
                 flight.settle_all(&self.stats).await?;
             }
             if flight.acked > stored {
@@ -539,49 +543,128 @@ impl<E: EncodeEvent> Relay<E> {
                 check_lock(lock).await?;
                 lock_checked = Instant::now();
             }
-            page = match read? {
-                Some(page) => page,
-                None => {
-                    tokio::select! {
-                        notified = listener.recv() => { notified?; }
-                        () = sleep(self.config.poll_interval.min(self.config.standby_poll)) => {}
-                    }
-                    read_page(&self.pool, next, i64::MAX, page_size).await?
-                }
-            };
         }
     }
 
-    /// Publishes `page` in order, keeping at most `max_in_flight` acks outstanding.
+    /// Publishes `messages` in order, keeping at most `max_in_flight` acks outstanding.
     async fn publish(
         &self,
-        page: &[RecordedEvent],
+        messages: Vec<Outgoing>,
         flight: &mut InFlight,
     ) -> Result<(), RelayError> {
-        for event in page {
+        for message in messages {
             while flight.acks.len() >= self.config.max_in_flight.max(1) {
                 flight.settle_one(&self.stats).await?;
             }
-            let body = self
-                .encoder
+            let ack = self
+                .jetstream
+                .publish_with_headers(message.subject, message.headers, message.body.into())
+                .await
+                .map_err(nats)?;
+            flight.acks.push_back((message.position, ack));
+        }
+        Ok(())
+    }
+}
+
+/// Pages read and encoded ahead of the publisher.
+const READ_AHEAD_PAGES: usize = 2;
+
+/// One event, ready to publish.
+struct Outgoing {
+    position: i64,
+    subject: String,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+/// A page of messages, and whether it reached the head of the log when it was read.
+struct Page {
+    messages: Vec<Outgoing>,
+    caught_up: bool,
+}
+
+/// What the reader task needs.
+struct ReadAhead<E> {
+    pool: PgPool,
+    encoder: Arc<E>,
+    config: RelayConfig,
+    next: i64,
+}
+
+/// Aborts the task when the leader stops, whichever way it stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads the log in pages from `state.next` on, encodes each page and hands it over in order.
+/// At the head of the log it waits for a notification, or for the poll interval. A failure
+/// is handed over as well, and ends the task.
+async fn read_ahead<E: EncodeEvent>(
+    mut state: ReadAhead<E>,
+    mut listener: PgListener,
+    pages: mpsc::Sender<Result<Page, RelayError>>,
+) {
+    let page_size = state.config.page_size;
+    loop {
+        let page = match read_page(&state.pool, state.next, i64::MAX, page_size).await {
+            Ok(events) => events,
+            Err(err) => {
+                let _ = pages.send(Err(err.into())).await;
+                return;
+            }
+        };
+        let caught_up = (page.len() as i64) < page_size;
+        if let Some(last) = page.last() {
+            state.next = last.global_position + 1;
+            let prepared =
+                prepare(&page, state.encoder.as_ref(), &state.config).map(|messages| Page {
+                    messages,
+                    caught_up,
+                });
+            let failed = prepared.is_err();
+            if pages.send(prepared).await.is_err() || failed {
+                return;
+            }
+        }
+        if caught_up {
+            tokio::select! {
+                notified = listener.recv() => if let Err(err) = notified {
+                    let _ = pages.send(Err(err.into())).await;
+                    return;
+                },
+                () = sleep(state.config.poll_interval) => {}
+            }
+        }
+    }
+}
+
+/// The messages for `page`, in order.
+fn prepare<E: EncodeEvent>(
+    page: &[RecordedEvent],
+    encoder: &E,
+    config: &RelayConfig,
+) -> Result<Vec<Outgoing>, RelayError> {
+    page.iter()
+        .map(|event| {
+            let body = encoder
                 .encode(event)
                 .map_err(|problem| RelayError::Encode {
                     position: event.global_position,
                     problem,
                 })?;
-            let ack = self
-                .jetstream
-                .publish_with_headers(
-                    self.config.subject_of(event),
-                    headers_of(event, self.encoder.content_type()),
-                    body.into(),
-                )
-                .await
-                .map_err(nats)?;
-            flight.acks.push_back((event.global_position, ack));
-        }
-        Ok(())
-    }
+            Ok(Outgoing {
+                position: event.global_position,
+                subject: config.subject_of(event),
+                headers: headers_of(event, encoder.content_type()),
+                body,
+            })
+        })
+        .collect()
 }
 
 async fn check_lock(lock: &mut PgConnection) -> Result<(), RelayError> {
