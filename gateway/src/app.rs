@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use commands::identity::{Identity, SystemClock};
@@ -27,9 +26,6 @@ use crate::http::{self, AppState, Dependencies, HttpConfig};
 use crate::metrics::Metrics;
 use crate::ratelimit::{Limits, RateLimiter};
 use crate::serve::{Running, say};
-
-/// How often a gateway reloads the signing keys, to pick up a rotation made elsewhere.
-const KEYRING_REFRESH: Duration = Duration::from_secs(30);
 
 /// Reads the master key from `--master-key`, else from its file. In dev mode a missing
 /// file is created with a new random key, and the CLI says so.
@@ -118,8 +114,19 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-/// Builds the gateway's services.
+/// Builds the gateway's services, with the rate limits of [`Limits::default`].
 pub async fn build_gateway(parts: GatewayParts<'_>, args: &GatewayArgs) -> Result<Gateway> {
+    build_gateway_with_limits(parts, args, Limits::default()).await
+}
+
+/// [`build_gateway`] with other rate limits: for a benchmark, which the defaults for login
+/// (a few attempts a minute) and per user would refuse.
+pub async fn build_gateway_with_limits(
+    parts: GatewayParts<'_>,
+    args: &GatewayArgs,
+    limits: Limits,
+) -> Result<Gateway> {
+    limits.validate().context("the rate limits")?;
     let master = master_key(&args.master, args.mode)?;
     let pool = parts.pool.clone();
     let (loader, loader_task) = Loader::spawn(&pool, LoaderConfig::default());
@@ -150,7 +157,7 @@ pub async fn build_gateway(parts: GatewayParts<'_>, args: &GatewayArgs) -> Resul
         pool: pool.clone(),
         keys: subject_keys,
         limiter: RateLimiter::new(parts.redis.clone(), parts.redis_prefix),
-        limits: Limits::default(),
+        limits,
         metrics: Metrics::new(),
         feed: Feed::new(
             pool.clone(),
@@ -200,7 +207,7 @@ pub async fn serve_gateway(gateway: Gateway, addr: SocketAddr) -> Result<(Runnin
     let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let running = Running::spawn(move |stopped| async move {
         let refresher = tokio::spawn(async move {
-            let mut every = tokio::time::interval(KEYRING_REFRESH);
+            let mut every = tokio::time::interval(keys::REFRESH_INTERVAL);
             every.tick().await;
             loop {
                 every.tick().await;

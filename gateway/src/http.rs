@@ -28,7 +28,7 @@ use uuid::Uuid;
 use crate::auth::{Caller, Credential, Presented};
 use crate::error::{ApiError, Code};
 use crate::graphql::{ApiSchema, RequestContext, Services};
-use crate::metrics::{CONTENT_TYPE, OperationOutcome, OperationType};
+use crate::metrics::CONTENT_TYPE;
 
 /// The header that carries the request id both ways.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -275,27 +275,18 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
     ));
     let mut response = state.schema.execute_batch(batch.data(context)).await;
     match &mut response {
-        BatchResponse::Single(single) => record(&state, single, request_id),
+        BatchResponse::Single(single) => record(single, request_id),
         BatchResponse::Batch(many) => {
             for single in many {
-                record(&state, single, request_id);
+                record(single, request_id);
             }
         }
     }
     GraphQLResponse::from(response).into_response()
 }
 
-fn record(state: &AppState, response: &mut async_graphql::Response, request_id: Uuid) {
+fn record(response: &mut async_graphql::Response, request_id: Uuid) {
     annotate(response, request_id);
-    let outcome = if response.errors.is_empty() {
-        OperationOutcome::Ok
-    } else {
-        OperationOutcome::Error
-    };
-    state
-        .services
-        .metrics
-        .record_graphql_operation(OperationType::Query, outcome);
 }
 
 async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {

@@ -9,14 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("PLATFORM_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,async_nats=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    init_logging();
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Migrate(args) => gateway::serve::migrate(&args).await,
@@ -34,6 +27,32 @@ async fn main() -> ExitCode {
             tracing::error!("{}", describe(&err));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs go to stderr, filtered by `PLATFORM_LOG`. `PLATFORM_LOG_FORMAT=json` writes one JSON
+/// object per line (with the span's fields, such as the request id), for log collectors;
+/// `text` writes lines for people. The default is text on a terminal, JSON otherwise.
+fn init_logging() {
+    let filter = EnvFilter::try_from_env("PLATFORM_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,async_nats=warn"));
+    let terminal = std::io::stderr().is_terminal();
+    let json = match std::env::var("PLATFORM_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        _ => !terminal,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.with_ansi(terminal).init();
     }
 }
 

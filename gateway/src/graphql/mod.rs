@@ -10,6 +10,7 @@ pub mod limits;
 pub mod mutation;
 pub mod query;
 pub mod subscription;
+pub mod telemetry;
 pub mod types;
 
 use std::net::IpAddr;
@@ -255,6 +256,7 @@ pub fn build(services: Arc<Services>) -> ApiSchema {
         .limit_complexity(config.max_complexity)
         .limit_recursive_depth(64)
         .limit_directives(config.max_directives)
+        .extension(telemetry::Telemetry)
         .extension(limits::ShapeLimits {
             max_aliases: config.max_aliases,
             max_directives: config.max_directives,

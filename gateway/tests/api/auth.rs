@@ -470,3 +470,59 @@ async fn login_brute_force_is_throttled() {
     assert!(codes.iter().any(|c| c == "RATE_LIMITED"), "{codes:?}");
     assert_eq!(codes[0], "UNAUTHENTICATED");
 }
+
+fn totp_code(secret: &str, step_offset: u64) -> String {
+    use commands::security::totp::{TotpSecret, code_at_step, step_at};
+    let secret = TotpSecret::from_base32(secret).unwrap();
+    let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap();
+    format!("{:06}", code_at_step(&secret, step_at(now) + step_offset))
+}
+
+#[tokio::test]
+async fn an_mfa_login_asks_for_a_code_and_no_code_is_accepted_twice() {
+    let app = TestApp::spawn().await;
+    let owner = app.owner("ada@example.org").await;
+    let enrollment = app
+        .graphql(
+            Some(&owner.token),
+            "mutation { startTotpEnrollment { secret otpauthUri } }",
+            json!({}),
+        )
+        .await;
+    let secret = enrollment["data"]["startTotpEnrollment"]["secret"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{enrollment}"))
+        .to_owned();
+    let confirmed = app
+        .graphql(
+            Some(&owner.token),
+            "mutation($code: String!) { confirmTotp(code: $code) { recoveryCodes } }",
+            json!({ "code": totp_code(&secret, 0) }),
+        )
+        .await;
+    assert!(confirmed["errors"].is_null(), "{confirmed}");
+
+    // The challenge step: the password alone is not enough any more.
+    let first = app.login(&owner.tenant, "ada@example.org", PASSWORD).await;
+    assert_eq!(code(&first), "UNAUTHENTICATED");
+    assert_eq!(first["errors"][0]["extensions"]["reason"], "mfa_required", "{first}");
+
+    let with_code = "mutation($input: LoginInput!) { login(input: $input) { accessToken } }";
+    let next_code = totp_code(&secret, 1);
+    let input = json!({ "input": {
+        "tenantId": owner.tenant, "email": "ada@example.org", "password": PASSWORD, "code": next_code
+    } });
+    let second = app.graphql(None, with_code, input.clone()).await;
+    let token = second["data"]["login"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{second}"));
+    let me = app.graphql(Some(token), ME, json!({})).await;
+    assert!(me["errors"].is_null(), "{me}");
+    let claims = claims_of(token);
+    assert_eq!(claims["mfa"], true, "{claims}");
+
+    // The same code again, replayed by someone who saw it: refused.
+    let replayed = app.graphql(None, with_code, input).await;
+    assert_eq!(code(&replayed), "UNAUTHENTICATED", "{replayed}");
+    assert!(replayed["data"].is_null() || replayed["data"]["login"].is_null());
+}

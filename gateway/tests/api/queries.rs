@@ -204,6 +204,10 @@ async fn health_readiness_metrics_and_jwks_answer() {
         metrics.contains("projection_position{projection=\"identity\"}"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("graphql_operations_total{operation_type=\"mutation\",outcome=\"ok\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("log_head_position"), "{metrics}");
     let jwks: Value = app
         .http
