@@ -389,39 +389,117 @@ fn code_or_none(response: &Value) -> Option<&str> {
 }
 
 #[tokio::test]
-async fn another_tenants_ids_are_not_found_on_queries_and_mutations() {
+async fn another_tenants_ids_are_not_found_on_every_query_and_mutation_that_takes_one() {
     let app = TestApp::spawn().await;
     let a = app.owner("ada@example.org").await;
     let b = app.owner("bob@example.org").await;
-    let user = app
+    // Tenant A owns a key, a service account with a secret, and an invited user.
+    let key = app
         .graphql(
-            Some(&b.token),
-            "query($id: UUID!) { user(id: $id) { id } }",
-            json!({ "id": a.user }),
+            Some(&a.token),
+            "mutation { createApiKey(name: \"k\", scopes: [\"users:read\"]) { id } }",
+            json!({}),
         )
-        .await;
-    assert_eq!(code(&user), "NOT_FOUND", "{user}");
-    let deactivate = app
+        .await["data"]["createApiKey"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let account = app
         .graphql(
-            Some(&b.token),
+            Some(&a.token),
+            "mutation { createServiceAccount(name: \"bot\", roles: [\"viewer\"]) { id } }",
+            json!({}),
+        )
+        .await["data"]["createServiceAccount"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret = app
+        .graphql(
+            Some(&a.token),
+            "mutation($id: UUID!) { issueClientSecret(id: $id) { secretId } }",
+            json!({ "id": account }),
+        )
+        .await["data"]["issueClientSecret"]["secretId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let user = json!({ "id": a.user });
+    let principal = json!({ "p": format!("user:{}", a.user) });
+    let bot = json!({ "p": format!("service_account:{account}") });
+    let cases = [
+        ("query($id: UUID!) { user(id: $id) { id } }", user.clone()),
+        (
             "mutation($id: UUID!) { deactivateUser(userId: $id) { position } }",
-            json!({ "id": a.user }),
-        )
-        .await;
-    assert_eq!(code(&deactivate), "NOT_FOUND", "{deactivate}");
-    let role = app
-        .graphql(
-            Some(&b.token),
+            user.clone(),
+        ),
+        (
             "mutation($p: String!) { assignRole(principal: $p, role: \"admin\") { position } }",
-            json!({ "p": format!("user:{}", a.user) }),
-        )
+            principal.clone(),
+        ),
+        (
+            "mutation($p: String!) { unassignRole(principal: $p, role: \"owner\") { position } }",
+            principal.clone(),
+        ),
+        (
+            "mutation($p: String!) { removeMember(principal: $p) { position } }",
+            principal.clone(),
+        ),
+        (
+            "mutation($p: String!) { addMember(principal: $p, roles: [\"viewer\"]) { position } }",
+            bot.clone(),
+        ),
+        (
+            "mutation($id: UUID!) { revokeApiKey(id: $id) { position } }",
+            json!({ "id": key }),
+        ),
+        (
+            "mutation($id: UUID!) { renameServiceAccount(id: $id, name: \"x\") { position } }",
+            json!({ "id": account }),
+        ),
+        (
+            "mutation($id: UUID!) { disableServiceAccount(id: $id) { position } }",
+            json!({ "id": account }),
+        ),
+        (
+            "mutation($id: UUID!) { enableServiceAccount(id: $id) { position } }",
+            json!({ "id": account }),
+        ),
+        (
+            "mutation($id: UUID!) { issueClientSecret(id: $id) { secretId } }",
+            json!({ "id": account }),
+        ),
+        (
+            "mutation($id: UUID!, $s: UUID!) { revokeClientSecret(id: $id, secretId: $s) { position } }",
+            json!({ "id": account, "s": secret }),
+        ),
+    ];
+    for (operation, variables) in cases {
+        let answer = app.graphql(Some(&b.token), operation, variables).await;
+        assert_eq!(code(&answer), "NOT_FOUND", "{operation}: {answer}");
+    }
+    // Nothing of A's changed: its key and account still work as they did.
+    let keys = app
+        .graphql(Some(&a.token), "{ apiKeys { edges { node { id revokedAt } } } serviceAccounts { edges { node { name enabled } } } }", json!({}))
         .await;
-    assert_eq!(code(&role), "NOT_FOUND", "{role}");
+    assert_eq!(
+        keys["data"]["apiKeys"]["edges"][0]["node"]["revokedAt"],
+        Value::Null,
+        "{keys}"
+    );
+    assert_eq!(
+        keys["data"]["serviceAccounts"]["edges"][0]["node"]["name"], "bot",
+        "{keys}"
+    );
+    assert_eq!(
+        keys["data"]["serviceAccounts"]["edges"][0]["node"]["enabled"], true,
+        "{keys}"
+    );
     // B's lists hold B's rows only.
     let users = app
         .graphql(
             Some(&b.token),
-            "{ users { edges { node { id } } } }",
+            "{ users { edges { node { id } } } apiKeys { edges { node { id } } } }",
             json!({}),
         )
         .await;
@@ -432,6 +510,100 @@ async fn another_tenants_ids_are_not_found_on_queries_and_mutations() {
         .map(|edge| edge["node"]["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec![b.user.as_str()]);
+    assert_eq!(users["data"]["apiKeys"]["edges"], json!([]), "{users}");
+}
+
+#[tokio::test]
+async fn a_service_account_signs_in_with_client_credentials() {
+    let app = TestApp::spawn().await;
+    let owner = app.owner("ada@example.org").await;
+    let account = app
+        .graphql(
+            Some(&owner.token),
+            "mutation { createServiceAccount(name: \"ingest\", roles: [\"viewer\"], consistency: STRONG) { id } }",
+            json!({}),
+        )
+        .await["data"]["createServiceAccount"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let issued = app
+        .graphql(
+            Some(&owner.token),
+            "mutation($id: UUID!) { issueClientSecret(id: $id) { clientId clientSecret } }",
+            json!({ "id": account }),
+        )
+        .await;
+    let secret = issued["data"]["issueClientSecret"]["clientSecret"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{issued}"))
+        .to_owned();
+    let exchange = "mutation($input: ClientCredentialsInput!) { clientCredentials(input: $input) { accessToken expiresIn } }";
+    let token = app
+        .graphql(
+            None,
+            exchange,
+            json!({ "input": { "clientId": account, "clientSecret": secret } }),
+        )
+        .await;
+    let access = token["data"]["clientCredentials"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{token}"))
+        .to_owned();
+    let me = app.graphql(Some(&access), ME, json!({})).await;
+    assert_eq!(
+        me["data"]["me"]["principal"],
+        format!("service_account:{account}"),
+        "{me}"
+    );
+    assert_eq!(me["data"]["me"]["user"], Value::Null);
+    // A viewer reads, and cannot change the tenant.
+    let rename = app
+        .graphql(
+            Some(&access),
+            "mutation { renameTenant(name: \"x\") { position } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(code(&rename), "FORBIDDEN", "{rename}");
+    let wrong = app
+        .graphql(
+            None,
+            exchange,
+            json!({ "input": { "clientId": account, "clientSecret": "pcs_wrong" } }),
+        )
+        .await;
+    assert_eq!(code(&wrong), "UNAUTHENTICATED", "{wrong}");
+}
+
+#[tokio::test]
+async fn an_internal_failure_tells_the_client_only_its_request_id() {
+    let app = TestApp::spawn().await;
+    let owner = app.owner("ada@example.org").await;
+    sqlx::query("DROP TABLE rm_identity.custom_roles CASCADE")
+        .execute(&app.db.admin)
+        .await
+        .unwrap();
+    let body = app
+        .graphql(Some(&owner.token), "{ roles { name } }", json!({}))
+        .await;
+    assert_eq!(code(&body), "INTERNAL", "{body}");
+    assert_eq!(body["errors"][0]["message"], "internal error");
+    assert!(
+        body["errors"][0]["extensions"]["requestId"].is_string(),
+        "{body}"
+    );
+    let text = body.to_string();
+    for leak in [
+        "custom_roles",
+        "relation",
+        "SELECT",
+        "postgres",
+        "127.0.0.1",
+        ".rs:",
+    ] {
+        assert!(!text.contains(leak), "{leak} leaked: {text}");
+    }
 }
 
 #[tokio::test]
@@ -505,7 +677,10 @@ async fn an_mfa_login_asks_for_a_code_and_no_code_is_accepted_twice() {
     // The challenge step: the password alone is not enough any more.
     let first = app.login(&owner.tenant, "ada@example.org", PASSWORD).await;
     assert_eq!(code(&first), "UNAUTHENTICATED");
-    assert_eq!(first["errors"][0]["extensions"]["reason"], "mfa_required", "{first}");
+    assert_eq!(
+        first["errors"][0]["extensions"]["reason"], "mfa_required",
+        "{first}"
+    );
 
     let with_code = "mutation($input: LoginInput!) { login(input: $input) { accessToken } }";
     let next_code = totp_code(&secret, 1);
