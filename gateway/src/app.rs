@@ -27,6 +27,9 @@ use crate::metrics::Metrics;
 use crate::ratelimit::{Limits, RateLimiter};
 use crate::serve::{Running, say};
 
+/// How often API keys' last uses are written.
+const KEY_USAGE_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Reads the master key from `--master-key`, else from its file. In dev mode a missing
 /// file is created with a new random key, and the CLI says so.
 pub fn master_key(args: &MasterKeyArgs, mode: Mode) -> Result<MasterKey> {
@@ -204,6 +207,11 @@ pub async fn serve_gateway(gateway: Gateway, addr: SocketAddr) -> Result<(Runnin
         keyring,
         loader_task,
     } = gateway;
+    let usage = state
+        .services
+        .auth
+        .key_usage()
+        .spawn_flusher(KEY_USAGE_FLUSH);
     let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let running = Running::spawn(move |stopped| async move {
         let refresher = tokio::spawn(async move {
@@ -223,6 +231,7 @@ pub async fn serve_gateway(gateway: Gateway, addr: SocketAddr) -> Result<(Runnin
             tracing::error!("the HTTP server failed: {err}");
         }
         refresher.abort();
+        usage.stop().await;
         loader_task.abort();
     });
     Ok((running, address))

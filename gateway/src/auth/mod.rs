@@ -22,6 +22,7 @@ use domain::ActorKind;
 use domain::identity::api_key::ApiKey;
 use domain::identity::principal::Principal;
 use domain::identity::rbac::{Permission, PermissionSet};
+use eventstore::KeyUsage;
 use projections::identity_hot::IdentityHot;
 use projections::redis::Lookup;
 use sqlx::PgPool;
@@ -108,6 +109,7 @@ impl Caller {
 #[derive(Clone)]
 pub struct Authenticator<L> {
     keyring: Keyring,
+    usage: KeyUsage,
     hot: IdentityHot,
     pool: PgPool,
     log: L,
@@ -192,12 +194,18 @@ impl<L: EventLog + Clone> Authenticator<L> {
         clock: Arc<dyn commands::identity::Clock>,
     ) -> Self {
         Self {
+            usage: KeyUsage::new(pool.clone()),
             keyring,
             hot,
             pool,
             log,
             clock,
         }
+    }
+
+    /// Where API keys' uses gather until they are written.
+    pub fn key_usage(&self) -> &KeyUsage {
+        &self.usage
     }
 
     /// The keyring that signs and checks access tokens.
@@ -234,7 +242,14 @@ impl<L: EventLog + Clone> Authenticator<L> {
         match presented {
             Presented::Nothing => Ok(Caller::Anonymous),
             Presented::Token(token) => self.access_token(token).await.map(Caller::Authenticated),
-            Presented::ApiKey(key) => self.api_key(key).await.map(Caller::Authenticated),
+            Presented::ApiKey(key) => {
+                let caller = self.api_key(key).await?;
+                if let Credential::ApiKey { key_id, .. } = caller.credential {
+                    self.usage
+                        .record(key_id, caller.tenant_id, self.clock.now());
+                }
+                Ok(Caller::Authenticated(caller))
+            }
         }
     }
 
@@ -253,7 +268,7 @@ impl<L: EventLog + Clone> Authenticator<L> {
         if let Some(session) = claims.sid {
             self.check_session(session, now).await?;
         }
-        self.check_principal(&principal, claims.sid, now).await?;
+        self.check_principal(&principal, claims.sid).await?;
         Ok(Authenticated {
             principal,
             tenant_id: claims.tid,
@@ -310,9 +325,7 @@ impl<L: EventLog + Clone> Authenticator<L> {
         &self,
         principal: &Principal,
         session: Option<Uuid>,
-        now: DateTime<Utc>,
     ) -> Result<(), ApiError> {
-        let _ = now;
         if let Ok(Lookup::Found {
             value: Some(hot), ..
         }) = self.hot.principal(&principal.to_string()).await

@@ -243,10 +243,11 @@ impl QueryRoot {
         let after = after_id(after)?;
         let mut tx = request.read(caller.tenant_id).await?;
         let rows: Vec<ApiKey> = sqlx::query_as(
-            "SELECT key_id, name, display_prefix, owner, scopes, expires_at, revoked_at,
-                    created_at FROM api_keys
-              WHERE key_id > COALESCE($1, '00000000-0000-0000-0000-000000000000'::uuid)
-              ORDER BY key_id LIMIT $2",
+            "SELECT k.key_id, k.name, k.display_prefix, k.owner, k.scopes, k.expires_at,
+                    k.revoked_at, k.created_at, u.last_used_at
+               FROM api_keys k LEFT JOIN public.api_key_usage u ON u.key_id = k.key_id
+              WHERE k.key_id > COALESCE($1, '00000000-0000-0000-0000-000000000000'::uuid)
+              ORDER BY k.key_id LIMIT $2",
         )
         .bind(after)
         .bind(limit(size))

@@ -164,6 +164,8 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When it was last used, to within a few seconds; `null` if never.
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
 /// A service account: a machine identity of the tenant.

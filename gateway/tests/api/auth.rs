@@ -359,6 +359,22 @@ async fn an_api_key_works_as_bearer_and_as_x_api_key_until_it_is_revoked() {
         .await
         .unwrap();
     assert!(by_header["errors"].is_null(), "{by_header}");
+    // Its use shows, a few seconds later, beside its metadata.
+    eventually(
+        Duration::from_secs(15),
+        "the key's last use is shown",
+        || async {
+            let keys = app
+                .graphql(
+                    Some(&owner.token),
+                    "{ apiKeys { edges { node { lastUsedAt } } } }",
+                    json!({}),
+                )
+                .await;
+            keys["data"]["apiKeys"]["edges"][0]["node"]["lastUsedAt"].is_string()
+        },
+    )
+    .await;
     // The key's scopes bound it: it cannot read the tenant.
     let tenant = app
         .graphql(Some(&key), "{ tenant { name } }", json!({}))
