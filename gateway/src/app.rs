@@ -159,6 +159,7 @@ pub async fn build_gateway_with_limits(
         auth,
         pool: pool.clone(),
         keys: subject_keys,
+        secrets: master.secrets_key(),
         limiter: RateLimiter::new(parts.redis.clone(), parts.redis_prefix),
         limits,
         metrics: Metrics::new(),

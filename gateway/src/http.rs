@@ -28,6 +28,7 @@ use uuid::Uuid;
 use crate::auth::{Caller, Credential, Presented};
 use crate::error::{ApiError, Code};
 use crate::graphql::{ApiSchema, RequestContext, Services};
+use crate::idempotency::{self, Claim};
 use crate::metrics::CONTENT_TYPE;
 
 /// The header that carries the request id both ways.
@@ -231,6 +232,7 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
             return refused(&err, request_id);
         }
     };
+    let fingerprint = idempotency::fingerprint(&bytes);
     let request = Request::from_parts(parts, axum::body::Body::from(bytes));
     let batch =
         match GraphQLBatchRequest::<async_graphql_axum::rejection::GraphQLRejection>::from_request(
@@ -266,11 +268,46 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
         Ok(caller) => caller,
         Err(err) => return refused(&err, request_id),
     };
+    let idempotency_key = header_text(&headers, IDEMPOTENCY_KEY);
+    // A signed-in caller's keyed mutation runs once; a retry gets the first answer.
+    let keyed = match (&caller, &idempotency_key) {
+        (Caller::Authenticated(caller), Some(key)) if has_mutation(&batch) => {
+            if matches!(batch, BatchRequest::Batch(_)) {
+                let err = ApiError::new(
+                    Code::BadUserInput,
+                    "an Idempotency-Key applies to one operation; send a keyed mutation alone",
+                )
+                .with_reason("idempotency_key_with_batch");
+                return refused(&err, request_id);
+            }
+            Some((caller.principal.to_string(), key.clone()))
+        }
+        _ => None,
+    };
+    if let Some((actor, key)) = &keyed {
+        let services = &state.services;
+        match idempotency::claim(
+            &services.pool,
+            &services.secrets,
+            actor,
+            key,
+            &fingerprint,
+            chrono::Utc::now(),
+        )
+        .await
+        {
+            Ok(Claim::Run) => {}
+            Ok(Claim::Replay(answer)) => {
+                return ([("idempotent-replayed", "true")], axum::Json(answer)).into_response();
+            }
+            Err(err) => return refused(&err, request_id),
+        }
+    }
     let context = Arc::new(RequestContext::new(
         request_id,
         ip,
         header_text(&headers, header::USER_AGENT),
-        header_text(&headers, IDEMPOTENCY_KEY),
+        idempotency_key,
         caller,
     ));
     let mut response = state.schema.execute_batch(batch.data(context)).await;
@@ -282,7 +319,42 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
             }
         }
     }
+    if let Some((actor, key)) = &keyed {
+        let services = &state.services;
+        let stored = match &response {
+            BatchResponse::Single(single) if single.errors.is_empty() => {
+                match serde_json::to_value(single) {
+                    Ok(answer) => {
+                        idempotency::finish(&services.pool, &services.secrets, actor, key, &answer)
+                            .await
+                    }
+                    Err(err) => Err(ApiError::internal(err)),
+                }
+            }
+            _ => idempotency::release(&services.pool, actor, key).await,
+        };
+        if stored.is_err() {
+            // The mutation ran; only its replay is lost. A retry with the key would run
+            // it again, so release the key rather than leave it claimed forever.
+            let _ = idempotency::release(&services.pool, actor, key).await;
+        }
+    }
     GraphQLResponse::from(response).into_response()
+}
+
+/// Whether any operation of the request is a mutation.
+fn has_mutation(batch: &BatchRequest) -> bool {
+    let is_mutation = |request: &async_graphql::Request| {
+        async_graphql::parser::parse_query(&request.query).is_ok_and(|document| {
+            document.operations.iter().any(|(_, operation)| {
+                operation.node.ty == async_graphql::parser::types::OperationType::Mutation
+            })
+        })
+    };
+    match batch {
+        BatchRequest::Single(request) => is_mutation(request),
+        BatchRequest::Batch(requests) => requests.iter().any(is_mutation),
+    }
 }
 
 fn record(response: &mut async_graphql::Response, request_id: Uuid) {

@@ -13,6 +13,7 @@ pub mod error;
 pub mod feed;
 pub mod graphql;
 pub mod http;
+pub mod idempotency;
 pub mod metrics;
 pub mod operate;
 pub mod ratelimit;

@@ -91,6 +91,8 @@ pub struct Services {
     pub pool: PgPool,
     /// Subjects' data keys, to open personal fields.
     pub keys: PgSubjectKeys,
+    /// The key that seals what the gateway keeps for later (idempotent answers).
+    pub secrets: commands::privacy::DataKey,
     /// Rate limits, and their policies.
     pub limiter: RateLimiter,
     /// The policies the limiter applies.

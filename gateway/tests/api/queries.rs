@@ -221,3 +221,77 @@ async fn health_readiness_metrics_and_jwks_answer() {
     assert_eq!(jwks["keys"][0]["kty"], "OKP");
     assert_eq!(jwks["keys"][0]["alg"], "EdDSA");
 }
+
+#[tokio::test]
+async fn a_keyed_mutation_runs_once_and_its_retry_gets_the_first_answer() {
+    let app = TestApp::spawn().await;
+    let owner = app.owner("ada@example.org").await;
+    let keyed = |key: &'static str, name: &str| {
+        app.http
+            .post(app.url("/graphql"))
+            .bearer_auth(&owner.token)
+            .header("idempotency-key", key)
+            .json(&json!({ "query": format!(
+                "mutation {{ createApiKey(name: \"{name}\", scopes: [\"users:read\"]) {{ id key }} }}"
+            ) }))
+            .send()
+    };
+    let first = keyed("key-1", "ci").await.unwrap();
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+    assert!(first["errors"].is_null(), "{first}");
+    let retry = keyed("key-1", "ci").await.unwrap();
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    let retry: Value = retry.json().await.unwrap();
+    // The same answer, the secret shown once included, and one key only.
+    assert_eq!(retry["data"], first["data"]);
+    let keys = app
+        .graphql(
+            Some(&owner.token),
+            "{ apiKeys { edges { node { id } } } }",
+            json!({}),
+        )
+        .await;
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'ApiKey'")
+            .fetch_one(&app.db.admin)
+            .await
+            .unwrap();
+    assert_eq!(stored, 1, "{keys}");
+    // The stored answer is sealed: the key is not in the table in plaintext.
+    let raw: String = sqlx::query_scalar("SELECT response_sealed FROM idempotent_responses")
+        .fetch_one(&app.db.admin)
+        .await
+        .unwrap();
+    assert!(!raw.contains(first["data"]["createApiKey"]["key"].as_str().unwrap()));
+
+    // The same key for another request is refused.
+    let other: Value = keyed("key-1", "another")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(code(&other), "BAD_USER_INPUT", "{other}");
+    assert_eq!(
+        other["errors"][0]["extensions"]["reason"],
+        "idempotency_key_reused"
+    );
+
+    // A refused mutation releases its key: the corrected request may use it.
+    let bad: Value = app
+        .http
+        .post(app.url("/graphql"))
+        .bearer_auth(&owner.token)
+        .header("idempotency-key", "key-2")
+        .json(&json!({ "query": "mutation { createApiKey(name: \"x\", scopes: [\"no:such\"]) { id } }" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(code(&bad), "BAD_USER_INPUT", "{bad}");
+    let fixed: Value = keyed("key-2", "fixed").await.unwrap().json().await.unwrap();
+    assert!(fixed["errors"].is_null(), "{fixed}");
+}
