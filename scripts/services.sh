@@ -12,6 +12,10 @@
 #   PLATFORM_NATS_URL            nats://127.0.0.1:4222
 #   PLATFORM_REDIS_URL           redis://127.0.0.1:6379
 #
+# Also installs Debian's chromium package when /usr/bin/chromium is missing: the
+# GraphiQL test (gateway/tests/graphiql.rs) drives it headless. A missing browser
+# is reported, but does not fail the script: serving does not need it.
+#
 # Progress goes to stderr; one summary line per service goes to stdout.
 # Exit status is 0 only when all three services are reachable (and NATS has
 # JetStream enabled). Containers instead: `docker compose up -d` (see
@@ -44,6 +48,8 @@ Addresses (env vars, with defaults):
 
 Only 127.0.0.1, localhost and ::1 are ever started or installed; other hosts
 are only checked. Exit status is 0 only when all three are reachable.
+Also installs Debian's chromium package (for the GraphiQL browser test) when
+/usr/bin/chromium is missing; a missing browser does not change the exit status.
 Container alternative: docker compose up -d   (see docker-compose.yml)
 EOF
 }
@@ -414,6 +420,30 @@ ensure() {
 }
 
 # ---------------------------------------------------------------------------
+# Chromium, for the GraphiQL test: not a service, so a missing browser is
+# reported (the test fails saying so) but does not fail this script.
+CHROMIUM=/usr/bin/chromium
+ensure_chromium() {
+    if [[ -x $CHROMIUM ]]; then
+        summary "chromium: $CHROMIUM (for the GraphiQL test)"
+        return 0
+    fi
+    if ((CHECK_ONLY)); then
+        summary "chromium: NOT installed (the GraphiQL test needs it; run scripts/services.sh without --check)"
+        return 1
+    fi
+    if ! is_debian; then
+        summary "chromium: NOT installed (not Debian/Ubuntu: install Chromium and set CHROMIUM=<its path> for the GraphiQL test)"
+        return 1
+    fi
+    log "chromium: not installed; installing chromium from Debian packages (for the GraphiQL test)"
+    if ! apt_install chromium || [[ ! -x $CHROMIUM ]]; then
+        summary "chromium: NOT installed; installing chromium failed (see apt-get output above)"
+        return 1
+    fi
+    summary "chromium: was not installed; installed chromium ($CHROMIUM)"
+}
+
 FAILED=0
 
 parse_url "$DATABASE_URL" 5432
@@ -445,6 +475,7 @@ else
 fi
 ensure nats "$NATS_HOST" "$NATS_PORT" || FAILED=1
 ensure redis "$REDIS_HOST" "$REDIS_PORT" || FAILED=1
+ensure_chromium || true
 
 printf '%s\n' "${STATUS[@]}"
 if ((FAILED)); then
