@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::{BatchRequest, BatchResponse, Data, ErrorExtensionValues, ServerError};
 use async_graphql_axum::{GraphQLBatchRequest, GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
 use axum::Router;
@@ -19,7 +19,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -84,12 +84,16 @@ pub struct AppState {
 /// The router of the whole HTTP API.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
-    Router::new()
+    let mut router = Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    if state.config.graphiql {
+        router = router.merge(crate::graphiql::routes());
+    }
+    router
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), edge))
         .with_state(state)
@@ -112,6 +116,7 @@ async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -
         path @ ("/graphql" | "/.well-known/jwks.json" | "/healthz" | "/readyz" | "/metrics") => {
             path.to_owned()
         }
+        path if path.starts_with("/graphiql/") => "/graphiql".to_owned(),
         _ => "other".to_owned(),
     };
     request.extensions_mut().insert(RequestId(id));
@@ -382,14 +387,7 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
         )
             .into_response();
     }
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql")
-            .title("Platform GraphQL")
-            .finish(),
-    )
-    .into_response()
+    crate::graphiql::page()
 }
 
 /// A graphql-transport-ws connection. The credential comes from the upgrade request's

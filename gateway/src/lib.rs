@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod feed;
+pub mod graphiql;
 pub mod graphql;
 pub mod http;
 pub mod idempotency;

@@ -169,6 +169,17 @@ async fn production_mode_turns_introspection_and_graphiql_off() {
         .await
         .unwrap();
     assert_eq!(page.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let asset = app
+        .router
+        .clone()
+        .oneshot(
+            Request::get("/graphiql/init.js")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(asset.status(), StatusCode::NOT_FOUND);
 
     let dev = TestApp::spawn().await;
     let page = dev
