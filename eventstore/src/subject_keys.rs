@@ -2,8 +2,10 @@
 //! never sees.
 
 use commands::privacy::{DataKey, KeyWrapper, PrivacyError, SubjectKeys};
+use std::collections::HashMap;
+
 use domain::personal::SubjectId;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 /// The key store of personal data. A key is made on first use, and destroyed for good by
 /// [`SubjectKeys::forget`]; the table's trigger refuses any other change.
@@ -17,6 +19,33 @@ impl PgSubjectKeys {
     /// A key store over `pool`, wrapping keys with `wrapper`.
     pub fn new(pool: PgPool, wrapper: KeyWrapper) -> Self {
         Self { pool, wrapper }
+    }
+
+    /// The live keys of `subjects`, in one query on `conn` (so a reader inside a
+    /// transaction needs no second connection). A subject whose key was destroyed, or never
+    /// made, is absent from the answer: its fields read as forgotten.
+    pub async fn find_many(
+        &self,
+        conn: &mut PgConnection,
+        subjects: &[SubjectId],
+    ) -> Result<HashMap<SubjectId, DataKey>, PrivacyError> {
+        let ids: Vec<uuid::Uuid> = subjects.iter().map(SubjectId::as_uuid).collect();
+        let rows: Vec<(uuid::Uuid, Vec<u8>)> = sqlx::query_as(
+            "SELECT subject_id, wrapped_key FROM subject_keys
+              WHERE subject_id = ANY($1) AND wrapped_key IS NOT NULL",
+        )
+        .bind(&ids)
+        .fetch_all(conn)
+        .await
+        .map_err(|err| store_error(&err))?;
+        rows.into_iter()
+            .map(|(id, wrapped)| {
+                let subject = SubjectId::from_uuid(id);
+                self.wrapper
+                    .unwrap_key(subject, &wrapped)
+                    .map(|key| (subject, key))
+            })
+            .collect()
     }
 
     async fn stored(&self, subject: SubjectId) -> Result<Option<Option<Vec<u8>>>, PrivacyError> {

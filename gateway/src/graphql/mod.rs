@@ -214,25 +214,20 @@ impl<'a> Request<'a> {
         let mut tx = self
             .services
             .pool
-            .begin()
+            .begin_with("BEGIN READ ONLY")
             .await
             .map_err(ApiError::internal)?;
+        // One round trip: the tenant the policies compare with, the read models' schema,
+        // and the role the policies apply to, each for this transaction only.
         sqlx::query(
             "SELECT set_config('platform.tenant_id', $1, true),
-                    set_config('search_path', 'rm_identity, public', true)",
+                    set_config('search_path', 'rm_identity, public', true),
+                    set_config('role', 'platform_reader', true)",
         )
         .bind(tenant.to_string())
         .execute(&mut *tx)
         .await
         .map_err(ApiError::internal)?;
-        sqlx::query("SET LOCAL ROLE platform_reader")
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::internal)?;
-        sqlx::query("SET TRANSACTION READ ONLY")
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::internal)?;
         Ok(tx)
     }
 

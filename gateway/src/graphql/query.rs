@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::Request;
 use super::types::{
     ApiKey, Role, ServiceAccount, Session, Tenant, USER_COLUMNS, USER_FROM, User, UserRow,
+    open_users,
 };
 use crate::error::{ApiError, ApiResult};
 
@@ -83,7 +84,9 @@ impl QueryRoot {
                 .await
                 .map_err(ApiError::internal)?;
                 match row {
-                    Some(row) => Some(row.open(&request.services.keys).await?),
+                    Some(row) => open_users(&mut tx, &request.services.keys, vec![row])
+                        .await?
+                        .pop(),
                     None => None,
                 }
             }
@@ -125,7 +128,10 @@ impl QueryRoot {
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found("user"))?;
-        row.open(&request.services.keys).await
+        open_users(&mut tx, &request.services.keys, vec![row])
+            .await?
+            .pop()
+            .ok_or_else(|| ApiError::not_found("user"))
     }
 
     /// The users of the caller's tenant, oldest first. Needs `users:read`.
@@ -151,12 +157,12 @@ impl QueryRoot {
         .fetch_all(&mut *tx)
         .await
         .map_err(ApiError::internal)?;
-        let mut users = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id = row.user_id;
-            users.push((id, row.open(&request.services.keys).await?));
-        }
-        Ok(connection(users, size, after))
+        let users = open_users(&mut tx, &request.services.keys, rows).await?;
+        Ok(connection(
+            users.into_iter().map(|user| (user.id, user)).collect(),
+            size,
+            after,
+        ))
     }
 
     /// The built-in roles and the tenant's own. Needs `roles:read`.

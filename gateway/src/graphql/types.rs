@@ -6,8 +6,10 @@
 
 use async_graphql::{Enum, SimpleObject};
 use chrono::{DateTime, Utc};
-use commands::privacy::{Opened, SubjectKeys, open};
-use domain::personal::PersonalData;
+use std::collections::HashMap;
+
+use commands::privacy::{DataKey, Opened, open};
+use domain::personal::{PersonalData, SubjectId};
 use eventstore::PgSubjectKeys;
 use uuid::Uuid;
 
@@ -77,16 +79,18 @@ pub const USER_FROM: &str = "users u LEFT JOIN memberships m \
      ON m.tenant_id = u.tenant_id AND m.principal = 'user:' || u.user_id::text";
 
 impl UserRow {
-    /// Opens the personal fields with the subject's key.
-    pub async fn open(self, keys: &PgSubjectKeys) -> ApiResult<User> {
+    /// The subject whose key opens this row's personal fields.
+    pub fn subject(&self) -> ApiResult<SubjectId> {
+        Ok(parse_sealed(&self.email_sealed)?.subject())
+    }
+
+    /// Opens the personal fields with the subjects' keys (`keys` holds the live ones).
+    pub fn open(self, keys: &HashMap<SubjectId, DataKey>) -> ApiResult<User> {
         let email_data = parse_sealed(&self.email_sealed)?;
-        let key = keys
-            .find(email_data.subject())
-            .await
-            .map_err(ApiError::internal)?;
-        let email = opened(open(key.as_ref(), &email_data, "email"))?;
+        let key = keys.get(&email_data.subject());
+        let email = opened(open(key, &email_data, "email"))?;
         let name = match &self.name_sealed {
-            Some(sealed) => opened(open(key.as_ref(), &parse_sealed(sealed)?, "name"))?,
+            Some(sealed) => opened(open(key, &parse_sealed(sealed)?, "name"))?,
             None => None,
         };
         Ok(User {
@@ -102,6 +106,24 @@ impl UserRow {
             last_login_at: self.last_login_at,
         })
     }
+}
+
+/// Opens the personal fields of `rows` with their subjects' keys, read in one query on the
+/// read transaction's own connection.
+pub async fn open_users(
+    conn: &mut sqlx::PgConnection,
+    keys: &PgSubjectKeys,
+    rows: Vec<UserRow>,
+) -> ApiResult<Vec<User>> {
+    let subjects = rows
+        .iter()
+        .map(UserRow::subject)
+        .collect::<ApiResult<Vec<_>>>()?;
+    let found = keys
+        .find_many(conn, &subjects)
+        .await
+        .map_err(ApiError::internal)?;
+    rows.into_iter().map(|row| row.open(&found)).collect()
 }
 
 fn parse_sealed(text: &str) -> ApiResult<PersonalData> {

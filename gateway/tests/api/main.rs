@@ -49,7 +49,15 @@ impl TestApp {
 
     /// [`TestApp::spawn`], with changed gateway settings.
     pub async fn spawn_with(change: impl FnOnce(&mut GatewayArgs)) -> Self {
-        let db = TestDb::new().await;
+        Self::spawn_on(TestDb::new().await, change).await
+    }
+
+    /// [`TestApp::spawn`] over a pool of `connections` application connections.
+    pub async fn spawn_with_connections(connections: u32) -> Self {
+        Self::spawn_on(TestDb::with_app_connections(connections).await, |_| {}).await
+    }
+
+    async fn spawn_on(db: TestDb, change: impl FnOnce(&mut GatewayArgs)) -> Self {
         let bus = TestBus::new().await;
         let redis = TestRedis::new().await;
         let stream = stream_name(&bus.prefix);

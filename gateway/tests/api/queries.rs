@@ -295,3 +295,28 @@ async fn a_keyed_mutation_runs_once_and_its_retry_gets_the_first_answer() {
     let fixed: Value = keyed("key-2", "fixed").await.unwrap().json().await.unwrap();
     assert!(fixed["errors"].is_null(), "{fixed}");
 }
+
+#[tokio::test]
+async fn concurrent_reads_never_wait_for_a_second_connection() {
+    // Each read runs in one transaction and opens personal fields on its own connection:
+    // many more concurrent reads than connections all finish.
+    let app = TestApp::spawn_with_connections(4).await;
+    let owner = app.owner("ada@example.org").await;
+    let reads = (0..24).map(|_| {
+        app.graphql(
+            Some(&owner.token),
+            "{ me { user { email } } users { edges { node { email } } } }",
+            json!({}),
+        )
+    });
+    let answers = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        futures::future::join_all(reads),
+    )
+    .await
+    .expect("the reads finish");
+    for answer in answers {
+        assert!(answer["errors"].is_null(), "{answer}");
+        assert_eq!(answer["data"]["me"]["user"]["email"], "ada@example.org");
+    }
+}
