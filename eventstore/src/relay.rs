@@ -610,6 +610,9 @@ async fn read_ahead<E: EncodeEvent>(
     pages: mpsc::Sender<Result<Page, RelayError>>,
 ) {
     let page_size = state.config.page_size;
+    // Whether the publisher was last told that the head of the log was reached: it settles
+    // every ack then, so after a full page an empty one must still tell it, once.
+    let mut told_caught_up = true;
     loop {
         let page = match read_page(&state.pool, state.next, i64::MAX, page_size).await {
             Ok(events) => events,
@@ -621,6 +624,8 @@ async fn read_ahead<E: EncodeEvent>(
         let caught_up = (page.len() as i64) < page_size;
         if let Some(last) = page.last() {
             state.next = last.global_position + 1;
+        }
+        if !page.is_empty() || !told_caught_up {
             let prepared =
                 prepare(&page, state.encoder.as_ref(), &state.config).map(|messages| Page {
                     messages,
@@ -630,6 +635,7 @@ async fn read_ahead<E: EncodeEvent>(
             if pages.send(prepared).await.is_err() || failed {
                 return;
             }
+            told_caught_up = caught_up;
         }
         if caught_up {
             tokio::select! {

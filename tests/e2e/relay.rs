@@ -178,3 +178,32 @@ async fn a_deleted_stream_is_filled_again_from_the_log() {
     assert!(stats.terms() >= 1);
     relay.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_ends_on_a_full_page_is_acked_and_checkpointed_to_its_last_event() {
+    // The relay settles its acks when it reaches the head of the log. A log whose head falls
+    // exactly at the end of a page is reached with an empty page, which must still count.
+    let db = TestDb::new().await;
+    let bus = TestBus::new().await;
+    let store = db.store();
+    fill(&db, &store, 4, 10).await;
+    let config = RelayConfig {
+        page_size: 10,
+        max_in_flight: 8,
+        ..bus.relay_config()
+    };
+    let (relay, stats) = spawn_relay(&db, bus.client.clone(), config);
+    until("every event is acked", async || {
+        stats.acked_position() == 40
+    })
+    .await;
+    until("the checkpoint reaches the head", async || {
+        sqlx::query_scalar::<_, i64>("SELECT position FROM relay_checkpoints WHERE name = 'relay'")
+            .fetch_optional(&db.app)
+            .await
+            .unwrap()
+            == Some(40)
+    })
+    .await;
+    relay.abort();
+}
