@@ -265,10 +265,16 @@ impl<L: EventLog + Clone> Authenticator<L> {
             }
         };
         let now = self.clock.now();
-        if let Some(session) = claims.sid {
-            self.check_session(session, now).await?;
-        }
-        self.check_principal(&principal, claims.sid).await?;
+        // Both lookups go out at once: the Redis connection pipelines them.
+        let session = async {
+            match claims.sid {
+                Some(session) => self.check_session(session, now).await,
+                None => Ok(()),
+            }
+        };
+        let (session, holder) = tokio::join!(session, self.check_principal(&principal, claims.sid));
+        session?;
+        holder?;
         Ok(Authenticated {
             principal,
             tenant_id: claims.tid,

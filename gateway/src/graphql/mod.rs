@@ -147,6 +147,15 @@ impl RequestContext {
             permissions: OnceCell::new(),
         }
     }
+
+    /// The same context with the caller's permissions already looked up.
+    #[must_use]
+    pub fn with_permissions(self, permissions: Option<PermissionSet>) -> Self {
+        Self {
+            permissions: OnceCell::new_with(permissions),
+            ..self
+        }
+    }
 }
 
 /// A resolver's view of its request.
