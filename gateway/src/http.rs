@@ -175,7 +175,7 @@ fn refused(err: &ApiError, request_id: Uuid) -> Response {
 
 /// Adds the request id to every error, and a code to errors that have none (the parser's
 /// and the validator's, which are all about the input).
-fn annotate(response: &mut async_graphql::Response, request_id: Uuid) {
+pub(crate) fn annotate(response: &mut async_graphql::Response, request_id: Uuid) {
     for error in &mut response.errors {
         let extensions = error.extensions.get_or_insert_with(Default::default);
         if extensions.get("code").is_none() {

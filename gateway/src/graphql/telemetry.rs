@@ -1,16 +1,19 @@
 //! Counts every executed operation by its type (query, mutation, subscription) and outcome.
 //! The type is known once the document is parsed and the operation chosen; the outcome
-//! once it has run.
+//! once it has run. Errors of subscriptions, which reach the client over the WebSocket
+//! rather than through the HTTP handler, get their request id and a code here.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery,
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextSubscribe,
 };
 use async_graphql::parser::types::{ExecutableDocument, OperationType as Kind};
 use async_graphql::{Response, ServerResult, Variables};
+use futures::StreamExt;
+use futures::stream::BoxStream;
 
-use super::Services;
+use super::{RequestContext, Services};
 use crate::metrics::{OperationOutcome, OperationType};
 
 /// The extension's factory.
@@ -31,6 +34,25 @@ struct PerRequest {
 
 #[async_trait::async_trait]
 impl Extension for PerRequest {
+    fn subscribe<'s>(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        stream: BoxStream<'s, Response>,
+        next: NextSubscribe<'_>,
+    ) -> BoxStream<'s, Response> {
+        let request_id = ctx
+            .data_opt::<Arc<RequestContext>>()
+            .map(|context| context.request_id);
+        next.run(ctx, stream)
+            .map(move |mut response| {
+                if let Some(request_id) = request_id {
+                    crate::http::annotate(&mut response, request_id);
+                }
+                response
+            })
+            .boxed()
+    }
+
     async fn parse_query(
         &self,
         ctx: &ExtensionContext<'_>,

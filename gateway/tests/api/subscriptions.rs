@@ -174,4 +174,8 @@ async fn a_subscription_without_credentials_is_refused() {
         refused["payload"]["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
         "{refused}"
     );
+    assert!(
+        refused["payload"]["errors"][0]["extensions"]["requestId"].is_string(),
+        "{refused}"
+    );
 }
