@@ -9,39 +9,12 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
+use tests::{DeleteKeysOnDrop, DeleteStreamOnDrop, NamedDatabase};
 
 fn platform() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_platform"));
     command.env("PLATFORM_LOG", "warn");
     command
-}
-
-/// A database name of its own, and the owner's and application role's URLs for it.
-struct Database {
-    name: String,
-    server: PgConnectOptions,
-    admin_url: String,
-    app_url: String,
-}
-
-impl Database {
-    fn new() -> Self {
-        let name = format!("platform_cli_{}", uuid::Uuid::new_v4().simple());
-        let server: PgConnectOptions = tests::admin_url().parse().unwrap();
-        let (host, port) = (server.get_host().to_owned(), server.get_port());
-        Self {
-            admin_url: format!("postgres://{}@{host}:{port}/{name}", server.get_username()),
-            app_url: format!("postgres://platform_app@{host}:{port}/{name}"),
-            name,
-            server,
-        }
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        tests::drop_database(&self.server, &self.name);
-    }
 }
 
 fn stdout(output: &Output) -> String {
@@ -73,7 +46,7 @@ fn help_names_every_command() {
 
 #[test]
 fn migrate_creates_the_database_then_finds_nothing_to_do() {
-    let db = Database::new();
+    let db = NamedDatabase::new("platform_cli");
     let first = platform()
         .args(["migrate", "--admin-database-url", &db.admin_url])
         .output()
@@ -133,10 +106,13 @@ fn lines(child: &mut Child) -> mpsc::Receiver<String> {
 
 #[test]
 fn serve_gets_ready_on_a_new_database_and_stops_on_sigterm() {
-    let db = Database::new();
+    let db = NamedDatabase::new("platform_cli");
     let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let stream = gateway::serve::stream_name(&prefix);
-    let _cleanup = (DeleteStream(stream.clone()), DeleteKeys(prefix.clone()));
+    let _cleanup = (
+        DeleteStreamOnDrop(stream.clone()),
+        DeleteKeysOnDrop(prefix.clone()),
+    );
     let key_dir = std::env::temp_dir().join(format!("platform-{prefix}"));
     let key_file = key_dir.join("master.key");
     let mut child = platform()
@@ -255,24 +231,6 @@ fn serve_gets_ready_on_a_new_database_and_stops_on_sigterm() {
     assert!(rest.iter().any(|l| l == "platform: stopping"), "{rest:?}");
 }
 
-/// Deletes a JetStream stream when dropped.
-struct DeleteStream(String);
-
-impl Drop for DeleteStream {
-    fn drop(&mut self) {
-        tests::delete_stream(self.0.clone());
-    }
-}
-
-/// Deletes a Redis key prefix's keys when dropped.
-struct DeleteKeys(String);
-
-impl Drop for DeleteKeys {
-    fn drop(&mut self) {
-        tests::delete_redis_keys(self.0.clone());
-    }
-}
-
 /// A database migrated by the test support, with a few tenants written through the identity
 /// commands, and the application role's URL for the binary.
 struct Populated {
@@ -350,7 +308,7 @@ fn replay_rebuilds_a_read_model_through_a_position_and_refuses_what_is_not_there
     };
 
     let redis_prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let _cleanup = DeleteKeys(redis_prefix.clone());
+    let _cleanup = DeleteKeysOnDrop(redis_prefix.clone());
     let output = platform()
         .args(["replay", "--database-url", &p.app_url])
         .args(["--redis-prefix", &redis_prefix])

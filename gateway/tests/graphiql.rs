@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use sqlx::postgres::PgConnectOptions;
+use tests::{DeleteKeysOnDrop, DeleteStreamOnDrop, NamedDatabase};
 use tokio_tungstenite::tungstenite::Message;
 
 /// The browser: Debian's `chromium` package. `CHROMIUM` names another binary.
@@ -504,18 +504,18 @@ struct Platform {
     address: String,
     http: reqwest::Client,
     // Dropped after the child is stopped, in this order.
-    _database: Database,
-    _stream: DeleteStream,
-    _keys: DeleteKeys,
+    _database: NamedDatabase,
+    _stream: DeleteStreamOnDrop,
+    _keys: DeleteKeysOnDrop,
     key_dir: PathBuf,
 }
 
 impl Platform {
     fn serve() -> Self {
-        let database = Database::new();
+        let database = NamedDatabase::new("platform_graphiql");
         let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let stream = DeleteStream(gateway::serve::stream_name(&prefix));
-        let keys = DeleteKeys(prefix.clone());
+        let stream = DeleteStreamOnDrop(gateway::serve::stream_name(&prefix));
+        let keys = DeleteKeysOnDrop(prefix.clone());
         let key_dir = std::env::temp_dir().join(format!("platform-{prefix}"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_platform"))
             .env("PLATFORM_LOG", "warn")
@@ -629,51 +629,5 @@ impl Drop for Platform {
     fn drop(&mut self) {
         kill_group(&mut self.child);
         let _ = std::fs::remove_dir_all(&self.key_dir);
-    }
-}
-
-/// A database name of its own, and the owner's and application role's URLs for it.
-struct Database {
-    name: String,
-    server: PgConnectOptions,
-    admin_url: String,
-    app_url: String,
-}
-
-impl Database {
-    fn new() -> Self {
-        let name = format!("platform_graphiql_{}", uuid::Uuid::new_v4().simple());
-        let server: PgConnectOptions = tests::admin_url().parse().unwrap();
-        let (host, port) = (server.get_host().to_owned(), server.get_port());
-        Self {
-            admin_url: format!("postgres://{}@{host}:{port}/{name}", server.get_username()),
-            app_url: format!("postgres://platform_app@{host}:{port}/{name}"),
-            name,
-            server,
-        }
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        tests::drop_database(&self.server, &self.name);
-    }
-}
-
-/// Deletes a JetStream stream when dropped.
-struct DeleteStream(String);
-
-impl Drop for DeleteStream {
-    fn drop(&mut self) {
-        tests::delete_stream(self.0.clone());
-    }
-}
-
-/// Deletes a Redis key prefix's keys when dropped.
-struct DeleteKeys(String);
-
-impl Drop for DeleteKeys {
-    fn drop(&mut self) {
-        tests::delete_redis_keys(self.0.clone());
     }
 }

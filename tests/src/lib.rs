@@ -364,3 +364,55 @@ pub fn delete_redis_keys(prefix: String) {
     });
     let _ = cleanup.join();
 }
+
+/// A database of its own for a test that runs the `platform` binary, which creates and
+/// migrates it: only its name and URLs are made here. It is dropped, if it exists, when this
+/// value is dropped.
+pub struct NamedDatabase {
+    /// The database's name.
+    pub name: String,
+    /// The schema owner's URL (`--admin-database-url`).
+    pub admin_url: String,
+    /// The application role's URL (`--database-url`).
+    pub app_url: String,
+    server: PgConnectOptions,
+}
+
+impl NamedDatabase {
+    /// A fresh name starting with `prefix`, on the server of `PLATFORM_TEST_ADMIN_URL`.
+    pub fn new(prefix: &str) -> Self {
+        let name = format!("{prefix}_{}", Uuid::new_v4().simple());
+        let server: PgConnectOptions = admin_url().parse().expect("PLATFORM_TEST_ADMIN_URL");
+        let (host, port) = (server.get_host().to_owned(), server.get_port());
+        Self {
+            admin_url: format!("postgres://{}@{host}:{port}/{name}", server.get_username()),
+            app_url: format!("postgres://{APP_ROLE}@{host}:{port}/{name}"),
+            name,
+            server,
+        }
+    }
+}
+
+impl Drop for NamedDatabase {
+    fn drop(&mut self) {
+        drop_database(&self.server, &self.name);
+    }
+}
+
+/// Deletes a JetStream stream when dropped ([`delete_stream`]).
+pub struct DeleteStreamOnDrop(pub String);
+
+impl Drop for DeleteStreamOnDrop {
+    fn drop(&mut self) {
+        delete_stream(self.0.clone());
+    }
+}
+
+/// Deletes a Redis key prefix's keys when dropped ([`delete_redis_keys`]).
+pub struct DeleteKeysOnDrop(pub String);
+
+impl Drop for DeleteKeysOnDrop {
+    fn drop(&mut self) {
+        delete_redis_keys(self.0.clone());
+    }
+}

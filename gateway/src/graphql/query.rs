@@ -66,6 +66,36 @@ fn limit(size: usize) -> i64 {
     i64::try_from(size).unwrap_or(i64::MAX).saturating_add(1)
 }
 
+/// A page of the rows `sql` selects (in order of their ids, after `$1`, at most `$2`), read
+/// by a caller holding `permission`, under the caller's tenant.
+async fn page_of<T>(
+    request: &Request<'_>,
+    permission: Permission,
+    sql: &'static str,
+    first: Option<i32>,
+    after: Option<String>,
+    id: impl Fn(&T) -> Uuid,
+) -> ApiResult<Page<T>>
+where
+    T: async_graphql::OutputType + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    let caller = request.require(permission).await?;
+    let size = request.page_size(first)?;
+    let after = after_id(after)?;
+    let mut tx = request.read(caller.tenant_id).await?;
+    let rows: Vec<T> = sqlx::query_as(sql)
+        .bind(after)
+        .bind(limit(size))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(connection(
+        rows.into_iter().map(|row| (id(&row), row)).collect(),
+        size,
+        after,
+    ))
+}
+
 #[Object(name = "Query")]
 impl QueryRoot {
     /// The caller: principal, tenant, user and effective permissions.
@@ -214,25 +244,17 @@ impl QueryRoot {
         after: Option<String>,
     ) -> ApiResult<Page<Session>> {
         let request = Request::of(ctx)?;
-        let caller = request.require(Permission::SessionsRead).await?;
-        let size = request.page_size(first)?;
-        let after = after_id(after)?;
-        let mut tx = request.read(caller.tenant_id).await?;
-        let rows: Vec<Session> = sqlx::query_as(
+        page_of(
+            &request,
+            Permission::SessionsRead,
             "SELECT session_id, user_id, status, mfa, opened_at, expires_at FROM sessions
               WHERE session_id > COALESCE($1, '00000000-0000-0000-0000-000000000000'::uuid)
               ORDER BY session_id LIMIT $2",
-        )
-        .bind(after)
-        .bind(limit(size))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(ApiError::internal)?;
-        Ok(connection(
-            rows.into_iter().map(|row| (row.id, row)).collect(),
-            size,
+            first,
             after,
-        ))
+            |row: &Session| row.id,
+        )
+        .await
     }
 
     /// The tenant's API keys, oldest first; never the keys themselves. Needs `api_keys:read`.
@@ -244,27 +266,19 @@ impl QueryRoot {
         after: Option<String>,
     ) -> ApiResult<Page<ApiKey>> {
         let request = Request::of(ctx)?;
-        let caller = request.require(Permission::ApiKeysRead).await?;
-        let size = request.page_size(first)?;
-        let after = after_id(after)?;
-        let mut tx = request.read(caller.tenant_id).await?;
-        let rows: Vec<ApiKey> = sqlx::query_as(
+        page_of(
+            &request,
+            Permission::ApiKeysRead,
             "SELECT k.key_id, k.name, k.display_prefix, k.owner, k.scopes, k.expires_at,
                     k.revoked_at, k.created_at, u.last_used_at
                FROM api_keys k LEFT JOIN public.api_key_usage u ON u.key_id = k.key_id
               WHERE k.key_id > COALESCE($1, '00000000-0000-0000-0000-000000000000'::uuid)
               ORDER BY k.key_id LIMIT $2",
-        )
-        .bind(after)
-        .bind(limit(size))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(ApiError::internal)?;
-        Ok(connection(
-            rows.into_iter().map(|row| (row.id, row)).collect(),
-            size,
+            first,
             after,
-        ))
+            |row: &ApiKey| row.id,
+        )
+        .await
     }
 
     /// The tenant's service accounts, oldest first. Needs `service_accounts:read`.
@@ -276,24 +290,16 @@ impl QueryRoot {
         after: Option<String>,
     ) -> ApiResult<Page<ServiceAccount>> {
         let request = Request::of(ctx)?;
-        let caller = request.require(Permission::ServiceAccountsRead).await?;
-        let size = request.page_size(first)?;
-        let after = after_id(after)?;
-        let mut tx = request.read(caller.tenant_id).await?;
-        let rows: Vec<ServiceAccount> = sqlx::query_as(
+        page_of(
+            &request,
+            Permission::ServiceAccountsRead,
             "SELECT account_id, name, enabled, created_at FROM service_accounts
               WHERE account_id > COALESCE($1, '00000000-0000-0000-0000-000000000000'::uuid)
               ORDER BY account_id LIMIT $2",
-        )
-        .bind(after)
-        .bind(limit(size))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(ApiError::internal)?;
-        Ok(connection(
-            rows.into_iter().map(|row| (row.id, row)).collect(),
-            size,
+            first,
             after,
-        ))
+            |row: &ServiceAccount| row.id,
+        )
+        .await
     }
 }
