@@ -26,6 +26,12 @@
 //! - Changing the password (the application layer checks the current one first) and revoking
 //!   all sessions move `sessions_valid_after` to that instant: every session issued before
 //!   it is void. It never moves backwards.
+//! - [`UserCommand::Forget`] erases the person (crypto-shredding: the application layer
+//!   destroys their data key). It is the one command a deactivated user accepts. It records
+//!   [`UserEvent::SubjectForgotten`], which carries the user's id and the time and nothing
+//!   else; the user is deactivated for good, every session issued before is void, and the
+//!   state drops the sealed fields, the password hash and the second factor. Forgetting a
+//!   forgotten user records nothing: a retry is harmless.
 //!
 //! The key decision: the aggregate is pure and never sees a secret. Passwords arrive hashed,
 //! tokens and recovery codes as [`SecretHash`]es, the TOTP secret sealed, and the TOTP code
@@ -150,6 +156,9 @@ pub struct User {
     locked_until: Option<DateTime<Utc>>,
     mfa: Mfa,
     sessions_valid_after: Option<DateTime<Utc>>,
+    /// Whether the person was forgotten (their data key destroyed).
+    #[serde(default)]
+    forgotten: bool,
 }
 
 impl User {
@@ -268,6 +277,11 @@ impl User {
         self.sessions_valid_after
     }
 
+    /// Whether the person was forgotten: their personal data can no longer be read.
+    pub const fn is_forgotten(&self) -> bool {
+        self.forgotten
+    }
+
     /// Refuses unless the user exists and is not deactivated.
     fn require_existing(&self) -> Result<(), UserError> {
         match self.status {
@@ -311,6 +325,10 @@ impl User {
 
     /// Decides a command: the events it causes, or why it is refused. Pure.
     fn decide(&self, command: UserCommand) -> Result<Vec<UserEvent>, UserError> {
+        // Erasure is owed to a deactivated person too, so it comes before that refusal.
+        if let UserCommand::Forget { now } = command {
+            return self.decide_forget(now);
+        }
         if self.status == UserStatus::Deactivated {
             return Err(UserError::Deactivated);
         }
@@ -570,7 +588,22 @@ impl User {
                 self.require_existing()?;
                 Ok(vec![UserEvent::AllSessionsRevoked { at: now }])
             }
+            UserCommand::Forget { now } => self.decide_forget(now),
         }
+    }
+
+    /// Forgets an existing user, whatever their status; a forgotten user again is no change.
+    fn decide_forget(&self, now: DateTime<Utc>) -> Result<Vec<UserEvent>, UserError> {
+        let Some(user_id) = self.id.filter(|_| self.status != UserStatus::Unregistered) else {
+            return Err(UserError::NotRegistered);
+        };
+        if self.forgotten {
+            return Ok(Vec::new());
+        }
+        Ok(vec![UserEvent::SubjectForgotten {
+            user_id,
+            forgotten_at: now,
+        }])
     }
 
     /// Moves `sessions_valid_after` forward to `at` (never backwards).
@@ -734,6 +767,12 @@ pub enum UserCommand {
         /// The time.
         now: DateTime<Utc>,
     },
+    /// Forget the person: the application layer destroys their data key, so every personal
+    /// field sealed with it becomes unreadable. Deactivates the user for good.
+    Forget {
+        /// The time.
+        now: DateTime<Utc>,
+    },
 }
 
 /// What happened to a user. Personal fields are sealed; credentials appear only as hashes.
@@ -880,6 +919,15 @@ pub enum UserEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// The person was forgotten: their data key is destroyed, so every personal field ever
+    /// sealed for them reads as redacted. The user is deactivated and every session issued
+    /// before is void. Holds no personal data and no free text.
+    SubjectForgotten {
+        /// The user, who is also the data subject.
+        user_id: UserId,
+        /// When.
+        forgotten_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for UserEvent {
@@ -902,6 +950,7 @@ impl DomainEvent for UserEvent {
             Self::RecoveryCodeUsed { .. } => "RecoveryCodeUsed",
             Self::MfaDisabled { .. } => "MfaDisabled",
             Self::AllSessionsRevoked { .. } => "AllSessionsRevoked",
+            Self::SubjectForgotten { .. } => "SubjectForgotten",
         }
         .to_owned()
     }
@@ -1216,6 +1265,21 @@ impl Aggregate for User {
             }
             UserEvent::AllSessionsRevoked { at } => {
                 self.void_sessions_before(at);
+            }
+            UserEvent::SubjectForgotten {
+                user_id: _,
+                forgotten_at,
+            } => {
+                self.status = UserStatus::Deactivated;
+                self.forgotten = true;
+                self.email = None;
+                self.email_index = None;
+                self.name = None;
+                self.password = None;
+                self.invitation = None;
+                self.pending_verification = None;
+                self.mfa = Mfa::None;
+                self.void_sessions_before(forgotten_at);
             }
         }
     }
@@ -2504,6 +2568,7 @@ mod tests {
         let mut events = mfa_enabled();
         events.extend(accepted());
         events.extend(locked_once());
+        events.push(forgotten_event(20));
         for event in events {
             let json = serde_json::to_string(&event).unwrap();
             assert!(
@@ -2513,6 +2578,109 @@ mod tests {
             assert_eq!(event.event_version(), "1");
             assert_eq!(serde_json::from_str::<UserEvent>(&json).unwrap(), event);
         }
+    }
+
+    // --- Forget ---
+
+    fn forgotten_event(minute: i64) -> UserEvent {
+        UserEvent::SubjectForgotten {
+            user_id: user_id(ALICE),
+            forgotten_at: at(minute),
+        }
+    }
+
+    #[test]
+    fn forgetting_a_user_records_that_the_subject_was_forgotten() {
+        framework()
+            .given(mfa_enabled())
+            .when(UserCommand::Forget { now: at(10) })
+            .then_expect_events(vec![forgotten_event(10)]);
+    }
+
+    #[test]
+    fn the_subject_forgotten_event_holds_only_the_user_id_and_the_time() {
+        let json = serde_json::to_value(forgotten_event(10)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "SubjectForgotten": {
+                    "user_id": user_id(ALICE).to_string(),
+                    "forgotten_at": "2026-01-01T00:10:00Z",
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn a_forgotten_user_is_deactivated_without_personal_data_or_credentials() {
+        let mut given = mfa_enabled();
+        given.push(forgotten_event(10));
+        let user = replay(given);
+        assert!(user.is_forgotten());
+        assert_eq!(user.status(), UserStatus::Deactivated);
+        assert_eq!(user.email(), None);
+        assert_eq!(user.email_index(), None);
+        assert_eq!(user.name(), None);
+        assert_eq!(user.password_hash(), None);
+        assert_eq!(user.mfa_status(), MfaStatus::None);
+        assert_eq!(user.sessions_valid_after(), Some(at(10)));
+    }
+
+    #[test]
+    fn a_forgotten_user_cannot_log_in_or_change_anything() {
+        let mut given = verified();
+        given.push(forgotten_event(10));
+        framework()
+            .given(given.clone())
+            .when(UserCommand::RecordSuccessfulLogin {
+                session_id: session(1),
+                mfa_used: false,
+                now: at(11),
+            })
+            .then_expect_error(UserError::Deactivated);
+        framework()
+            .given(given)
+            .when(UserCommand::ChangePassword {
+                password: new_password(),
+                now: at(11),
+            })
+            .then_expect_error(UserError::Deactivated);
+    }
+
+    #[test]
+    fn forgetting_a_forgotten_user_again_records_nothing() {
+        let mut given = registered();
+        given.push(forgotten_event(10));
+        framework()
+            .given(given)
+            .when(UserCommand::Forget { now: at(11) })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn a_deactivated_user_can_still_be_forgotten() {
+        framework()
+            .given(deactivated())
+            .when(UserCommand::Forget { now: at(10) })
+            .then_expect_events(vec![forgotten_event(10)]);
+    }
+
+    #[test]
+    fn an_invited_user_can_be_forgotten_and_their_invitation_is_void() {
+        let mut given = invited();
+        given.extend(run(&invited(), UserCommand::Forget { now: at(2) }).unwrap());
+        assert_eq!(
+            run(&given, accept_command(7, 3)),
+            Err(UserError::Deactivated)
+        );
+    }
+
+    #[test]
+    fn refuses_to_forget_a_user_that_does_not_exist() {
+        framework()
+            .given_no_previous_events()
+            .when(UserCommand::Forget { now: at(1) })
+            .then_expect_error(UserError::NotRegistered);
     }
 
     // --- Replay ---
@@ -2592,6 +2760,7 @@ mod tests {
                 now,
             },
             13 => UserCommand::DisableMfa { step, now },
+            14 if step == 0 => UserCommand::Forget { now },
             14 => UserCommand::RevokeAllSessions { now },
             15 => UserCommand::UseRecoveryCode {
                 code: hash(10 + pick),

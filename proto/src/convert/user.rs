@@ -139,6 +139,13 @@ impl From<Domain> for v1::UserEvent {
                     at: Some(timestamp(at)),
                 })
             }
+            Domain::SubjectForgotten {
+                user_id,
+                forgotten_at,
+            } => Event::SubjectForgotten(v1::SubjectForgotten {
+                user_id: user_id.to_string(),
+                forgotten_at: Some(timestamp(forgotten_at)),
+            }),
         };
         Self { event: Some(event) }
     }
@@ -229,6 +236,10 @@ impl TryFrom<v1::UserEvent> for Domain {
             },
             Event::AllSessionsRevoked(m) => Self::AllSessionsRevoked {
                 at: time("AllSessionsRevoked.at", m.at)?,
+            },
+            Event::SubjectForgotten(m) => Self::SubjectForgotten {
+                user_id: parse("SubjectForgotten.user_id", &m.user_id)?,
+                forgotten_at: time("SubjectForgotten.forgotten_at", m.forgotten_at)?,
             },
         })
     }

@@ -137,6 +137,7 @@ fn the_strategies_draw_every_variant_of_every_event_enum() {
             "RecoveryCodeUsed",
             "MfaDisabled",
             "AllSessionsRevoked",
+            "SubjectForgotten",
         ])
     );
     assert_eq!(

@@ -317,6 +317,10 @@ pub fn user_event() -> impl Strategy<Value = UserEvent> {
         (counter(), time())
             .prop_map(|(step, disabled_at)| UserEvent::MfaDisabled { step, disabled_at }),
         time().prop_map(|at| UserEvent::AllSessionsRevoked { at }),
+        (user_id(), time()).prop_map(|(user_id, forgotten_at)| UserEvent::SubjectForgotten {
+            user_id,
+            forgotten_at,
+        }),
     ]
 }
 
