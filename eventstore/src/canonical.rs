@@ -28,7 +28,7 @@ pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 pub const MAX_DEPTH: usize = 64;
 
 /// A SHA-256 digest: an event's hash, or one of its links.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Digest32(pub [u8; 32]);
 
 /// The link of the first event of a chain: 32 zero bytes.

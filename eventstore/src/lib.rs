@@ -18,6 +18,7 @@
 //! - [`schema`] creates the database and applies the migrations.
 
 pub mod appender;
+pub mod audit;
 pub mod canonical;
 pub mod cqrs;
 pub mod error;
