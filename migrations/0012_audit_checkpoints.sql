@@ -3,12 +3,12 @@
 -- only in the signing process's configuration; the database holds public keys and
 -- signatures, which an auditor checks against keys obtained elsewhere.
 
--- Every key that has signed a checkpoint, so that old checkpoints stay verifiable after a
+-- Every key that signs or has signed checkpoints, so that old checkpoints stay verifiable after a
 -- rotation. `kid` is the first 16 hex characters of SHA-256 of the raw public key.
 CREATE TABLE audit_keys (
     kid             text PRIMARY KEY CHECK (kid ~ '^[0-9a-f]{16}$'),
     public_key      bytea NOT NULL UNIQUE CHECK (length(public_key) = 32),
-    first_signed_at timestamptz NOT NULL DEFAULT now()
+    recorded_at     timestamptz NOT NULL DEFAULT now()
 );
 
 CREATE TABLE audit_checkpoints (

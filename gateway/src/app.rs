@@ -56,12 +56,20 @@ pub fn master_key(args: &MasterKeyArgs, mode: Mode) -> Result<MasterKey> {
 }
 
 fn create_master_key_file(path: &Path) -> Result<MasterKey> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)
         .map_err(|err| anyhow::anyhow!("the random source failed: {err}"))?;
+    create_private_file(path, format!("{}\n", hex::encode(bytes)).as_bytes())
+        .context("cannot create the master key file")?;
+    Ok(MasterKey::from_bytes(bytes))
+}
+
+/// Writes a new file readable by its owner only (mode 0600), with its directories. Refuses
+/// to replace a file that exists.
+pub fn create_private_file(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {
@@ -72,10 +80,10 @@ fn create_master_key_file(path: &Path) -> Result<MasterKey> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("cannot create the master key file {}", path.display()))?;
-    writeln!(file, "{}", hex::encode(bytes))
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(MasterKey::from_bytes(bytes))
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The access-token policy of the gateway's configuration.

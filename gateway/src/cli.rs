@@ -37,6 +37,93 @@ pub enum Command {
     Schema,
     /// Manage the keys that sign access tokens.
     Keys(KeysArgs),
+    /// Sign, export and verify the audit trail (docs/audit.md).
+    Audit(AuditArgs),
+}
+
+/// `audit` and what it does.
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+/// The auditor's and the operator's commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AuditCommand {
+    /// Make a new checkpoint signing key (Ed25519, PKCS#8 PEM) and print its public key.
+    Keygen {
+        /// Where to write the private key (mode 0600); it must not exist yet.
+        #[arg(short, long, value_name = "FILE")]
+        output: std::path::PathBuf,
+    },
+    /// Print the public key of the configured signing key, as `--public-key` takes it.
+    PublicKey {
+        /// The signing key.
+        #[command(flatten)]
+        key: AuditKeyArgs,
+    },
+    /// Sign a checkpoint of the log head now, unless one already signs it.
+    Checkpoint {
+        /// PostgreSQL URL of the application role.
+        #[arg(
+            long,
+            env = "PLATFORM_DATABASE_URL",
+            default_value = "postgres://platform_app@127.0.0.1:5432/platform"
+        )]
+        database_url: String,
+        /// The signing key.
+        #[command(flatten)]
+        key: AuditKeyArgs,
+    },
+    /// Export the log, or one tenant's events, with the checkpoints that cover them.
+    Export(crate::audit::export::ExportArgs),
+    /// Verify an export offline, or the live store with `--db`.
+    Verify(crate::audit::verify::VerifyArgs),
+}
+
+/// The checkpoint signing key and when to sign. The database never sees the private key.
+#[derive(Debug, Clone, Args)]
+pub struct AuditKeyArgs {
+    /// The signing key itself: Ed25519 in PKCS#8 PEM (`openssl genpkey -algorithm ed25519`).
+    #[arg(long, env = "PLATFORM_AUDIT_KEY", hide_env_values = true)]
+    pub audit_key: Option<String>,
+
+    /// A file holding the signing key, read when `--audit-key` is absent. In `dev` mode a
+    /// missing file is created with a new key (mode 0600).
+    #[arg(
+        long,
+        env = "PLATFORM_AUDIT_KEY_FILE",
+        default_value = ".platform/audit.key"
+    )]
+    pub audit_key_file: std::path::PathBuf,
+}
+
+/// The checkpointer: its key, its cadence and its witness.
+#[derive(Debug, Clone, Args)]
+pub struct CheckpointArgs {
+    /// The signing key.
+    #[command(flatten)]
+    pub key: AuditKeyArgs,
+
+    /// Sign a checkpoint once this many events were appended since the last one.
+    #[arg(long, env = "PLATFORM_CHECKPOINT_EVERY", default_value_t = 1_000,
+          value_parser = clap::value_parser!(i64).range(1..))]
+    pub checkpoint_every: i64,
+
+    /// Sign a checkpoint once this long passed since the last one, if the log moved.
+    #[arg(
+        long,
+        env = "PLATFORM_CHECKPOINT_INTERVAL",
+        default_value = "10s",
+        value_parser = humantime::parse_duration
+    )]
+    pub checkpoint_interval: Duration,
+
+    /// Also append every checkpoint to this file, as a witness kept outside the database.
+    #[arg(long, env = "PLATFORM_AUDIT_WITNESS", value_name = "FILE")]
+    pub audit_witness: Option<std::path::PathBuf>,
 }
 
 /// `keys` and what it does.
@@ -256,6 +343,10 @@ pub struct RelayCommandArgs {
     /// The stream it keeps.
     #[command(flatten)]
     pub stream: StreamArgs,
+
+    /// Signed checkpoints. A relay signs them only when it is given a key.
+    #[command(flatten)]
+    pub checkpoints: CheckpointArgs,
 }
 
 /// The JetStream stream's settings, applied when the relay creates or updates it.
@@ -354,6 +445,10 @@ pub struct ServeArgs {
     /// How the gateway serves.
     #[command(flatten)]
     pub gateway: GatewayArgs,
+
+    /// Signed checkpoints of the log.
+    #[command(flatten)]
+    pub checkpoints: CheckpointArgs,
 }
 
 #[cfg(test)]

@@ -88,6 +88,7 @@ pub fn router(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/audit/public-key", get(crate::audit::public_key))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));

@@ -7,6 +7,7 @@
 //! no configuration at all. Only this crate knows HTTP and GraphQL.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod error;

@@ -12,6 +12,8 @@ async fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
     let outcome = match cli.command {
+        // Verification has exit codes of its own, for scripts (docs/audit.md section 7).
+        Command::Audit(args) => return gateway::audit::run(args).await,
         Command::Migrate(args) => gateway::serve::migrate(&args).await,
         Command::Serve(args) => gateway::serve::serve(&args).await,
         Command::Relay(args) => gateway::serve::relay(&args).await,

@@ -55,6 +55,8 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
 
     let (appender, task) = Appender::spawn(pool.clone(), AppenderConfig::default());
     let relay = start_relay(&pool, &args.nats_url, &args.nats_prefix, &args.stream).await?;
+    let checkpointer =
+        crate::audit::start_checkpointer(&pool, &args.checkpoints, Some(args.gateway.mode)).await?;
     let workers = crate::operate::start_projections(
         &pool,
         &args.nats_url,
@@ -99,6 +101,9 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
         worker.stop().await;
     }
     relay.stop().await;
+    if let Some(checkpointer) = checkpointer {
+        checkpointer.stop().await;
+    }
     drop(appender);
     task.join().await;
     pool.close().await;
@@ -120,10 +125,14 @@ pub async fn relay(command: &RelayCommandArgs) -> Result<()> {
     ));
     check_nats(&args.nats_url).await?;
     let relay = start_relay(&pool, &args.nats_url, &args.nats_prefix, &command.stream).await?;
+    let checkpointer = crate::audit::start_checkpointer(&pool, &command.checkpoints, None).await?;
     say("platform: ready; press Ctrl-C to stop");
     shutdown_signal().await;
     say("platform: stopping");
     relay.stop().await;
+    if let Some(checkpointer) = checkpointer {
+        checkpointer.stop().await;
+    }
     pool.close().await;
     Ok(())
 }

@@ -8,6 +8,7 @@
 mod atomicity;
 mod bus;
 mod bus_faults;
+mod checkpoints;
 mod concurrency;
 mod cqrs_compat;
 mod identity;

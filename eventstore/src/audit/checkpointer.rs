@@ -157,15 +157,19 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// Runs until the task is dropped: looks at the head every `poll`, and signs when
+    /// Runs until `stop` completes: looks at the head every `poll`, and signs when
     /// `every` events or `interval` have passed since the last checkpoint. A failure is
     /// logged and retried after a pause; it never stops the loop.
-    pub async fn run(mut self) {
+    pub async fn run(mut self, stop: impl Future<Output = ()>) {
         let mut last_signed = Instant::now();
         let mut signed_position: i64 = 0;
         let mut pause = self.config.poll;
+        let mut stop = std::pin::pin!(stop);
         loop {
-            tokio::time::sleep(pause).await;
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(pause) => {}
+            }
             match self.due(signed_position, last_signed).await {
                 Ok(false) => {
                     pause = self.config.poll;
@@ -207,11 +211,6 @@ impl Checkpointer {
         let last: i64 = row.try_get::<i64, _>("last")?.max(signed);
         Ok(head > last
             && (head - last >= self.config.every || since.elapsed() >= self.config.interval))
-    }
-
-    /// Runs [`Checkpointer::run`] on its own task.
-    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(self.run())
     }
 }
 

@@ -123,9 +123,9 @@ pub async fn checkpoint_at_or_before<'e>(
     row.as_ref().map(checkpoint_from_row).transpose()
 }
 
-/// Every key that has signed a checkpoint, the most recent first.
+/// Every key that signs or has signed checkpoints, the most recently recorded first.
 pub async fn public_keys<'e>(db: impl PgExecutor<'e>) -> Result<Vec<PublicKey>, StoreError> {
-    let rows = sqlx::query("SELECT public_key FROM audit_keys ORDER BY first_signed_at DESC, kid")
+    let rows = sqlx::query("SELECT public_key FROM audit_keys ORDER BY recorded_at DESC, kid")
         .fetch_all(db)
         .await?;
     rows.iter()
