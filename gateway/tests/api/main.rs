@@ -6,6 +6,7 @@
 
 mod auth;
 mod limits;
+mod public_key;
 mod queries;
 mod subscriptions;
 
