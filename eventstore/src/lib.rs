@@ -15,6 +15,7 @@
 //!
 //! - [`EventRepository`] implements cqrs-es's `PersistedEventRepository`;
 //! - [`LogReader`] reads the log in order in bounded memory, and verifies the chain;
+//! - [`History`] rebuilds an aggregate as it was at a position or a time;
 //! - [`schema`] creates the database and applies the migrations.
 
 pub mod appender;
@@ -22,6 +23,7 @@ pub mod audit;
 pub mod canonical;
 pub mod cqrs;
 pub mod error;
+pub mod history;
 pub mod key_usage;
 pub mod loader;
 mod log;
@@ -37,6 +39,7 @@ pub use appender::{AppendReceipt, Appender, AppenderConfig, AppenderTask};
 pub use canonical::{Digest32, ZERO_HASH};
 pub use cqrs::{PlatformCqrs, platform_cqrs, platform_snapshot_cqrs};
 pub use error::{AppendError, LoadError, StoreError};
+pub use history::{AsOf, History, HistoryError};
 pub use key_usage::{KeyUsage, KeyUsageTask, KeyUse};
 pub use loader::{Loader, LoaderConfig, LoaderStats, LoaderTask};
 pub use reader::{LogHead, LogReader};
