@@ -6,6 +6,7 @@
 //! The read models are read as `platform_reader` in a transaction bound to the caller's
 //! tenant, so PostgreSQL's row-level security holds even if a resolver forgot a filter.
 
+pub mod history;
 pub mod limits;
 pub mod mutation;
 pub mod query;

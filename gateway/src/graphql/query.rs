@@ -10,6 +10,7 @@ use domain::identity::rbac::{BuiltinRole, Permission};
 use uuid::Uuid;
 
 use super::Request;
+use super::history::{self, AsOf};
 use super::types::{
     ApiKey, Role, ServiceAccount, Session, Tenant, USER_COLUMNS, USER_FROM, User, UserRow,
     open_users,
@@ -131,10 +132,17 @@ impl QueryRoot {
     }
 
     /// The caller's tenant. Needs `tenants:read`.
-    async fn tenant(&self, ctx: &Context<'_>) -> ApiResult<Tenant> {
+    ///
+    /// With `asOf`, the tenant as it was at that position or time, rebuilt from its events
+    /// (`NOT_FOUND` before it was created).
+    async fn tenant(&self, ctx: &Context<'_>, as_of: Option<AsOf>) -> ApiResult<Tenant> {
         let request = Request::of(ctx)?;
         let caller = request.require(Permission::TenantsRead).await?;
         let mut tx = request.read(caller.tenant_id).await?;
+        if let Some(as_of) = as_of {
+            let position = history::position(&mut tx, as_of).await?;
+            return history::tenant(&mut tx, caller.tenant_id, position).await;
+        }
         sqlx::query_as(
             "SELECT tenant_id, name, plan, status, created_at FROM tenants WHERE tenant_id = $1",
         )
@@ -146,10 +154,25 @@ impl QueryRoot {
     }
 
     /// One user of the caller's tenant. Needs `users:read`.
-    async fn user(&self, ctx: &Context<'_>, id: Uuid) -> ApiResult<User> {
+    ///
+    /// With `asOf`, the user as they were at that position or time, rebuilt from their
+    /// events, with the roles they held then (`NOT_FOUND` before they were created). Personal
+    /// fields open with today's keys: a person forgotten since is redacted in the past too.
+    async fn user(&self, ctx: &Context<'_>, id: Uuid, as_of: Option<AsOf>) -> ApiResult<User> {
         let request = Request::of(ctx)?;
         let caller = request.require(Permission::UsersRead).await?;
         let mut tx = request.read(caller.tenant_id).await?;
+        if let Some(as_of) = as_of {
+            let position = history::position(&mut tx, as_of).await?;
+            return history::user(
+                &mut tx,
+                &request.services.keys,
+                caller.tenant_id,
+                id,
+                position,
+            )
+            .await;
+        }
         let row: UserRow = sqlx::query_as(&format!(
             "SELECT {USER_COLUMNS} FROM {USER_FROM} WHERE u.user_id = $1"
         ))

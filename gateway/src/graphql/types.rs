@@ -29,6 +29,10 @@ pub struct Tenant {
     pub status: String,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// The global position of the log this state is as of, when it was read with `asOf`;
+    /// `null` for the current state, read from the read model.
+    #[sqlx(skip)]
+    pub as_of_position: Option<i64>,
 }
 
 /// A user of a tenant.
@@ -54,6 +58,9 @@ pub struct User {
     pub created_at: DateTime<Utc>,
     /// The last successful login.
     pub last_login_at: Option<DateTime<Utc>>,
+    /// The global position of the log this state is as of, when it was read with `asOf`;
+    /// `null` for the current state, read from the read model.
+    pub as_of_position: Option<i64>,
 }
 
 /// A user row as stored, before its personal fields are opened.
@@ -104,6 +111,7 @@ impl UserRow {
             roles: self.roles.unwrap_or_default(),
             created_at: self.created_at,
             last_login_at: self.last_login_at,
+            as_of_position: None,
         })
     }
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod history;
 mod limits;
 mod public_key;
 mod queries;
