@@ -81,7 +81,7 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
     .await?;
     let (gateway, address) = crate::app::serve_gateway(gateway, args.http_addr).await?;
     say(&format!(
-        "gateway: GraphQL at http://{address}/graphql{}, JWKS at /.well-known/jwks.json, health at /healthz and /readyz, metrics at /metrics",
+        "gateway: GraphQL at http://{address}/graphql{}, JWKS at /.well-known/jwks.json, audit keys at /audit/public-key, health at /healthz and /readyz, metrics at /metrics",
         if args
             .gateway
             .graphiql
