@@ -15,6 +15,7 @@ const FILES: &[&str] = &[
     "platform/events/v1/email_claim.proto",
     "platform/events/v1/idempotency.proto",
     "platform/events/v1/envelope.proto",
+    "platform/audit/v1/export.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

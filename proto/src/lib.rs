@@ -36,6 +36,28 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/platform.events.v1.rs"));
 }
 
+/// The generated types of the protobuf package `platform.audit.v1`: the items of an audit
+/// export in its protobuf form (docs/audit.md section 4).
+pub mod audit {
+    #[allow(
+        missing_docs,
+        clippy::all,
+        clippy::pedantic,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        rust_2018_idioms
+    )]
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/platform.audit.v1.rs"));
+    }
+}
+
+/// `platform.events.v1` under its package path, as the generated code of other packages
+/// names it.
+pub mod events {
+    pub use super::v1;
+}
+
 pub use envelope::EventRecord;
 pub use error::{ConvertError, VerifyError};
 pub use typed::TypedEvent;

@@ -10,15 +10,21 @@
 //! - `checkpoint`: the signed message and its JSON item form;
 //! - `merkle`: the tenant heads tree and its inclusion proofs (RFC 9162);
 //! - `store`: checkpoints, keys and chain heads in PostgreSQL;
-//! - `checkpointer`: the task that signs every N events or T seconds.
+//! - `checkpointer`: the task that signs every N events or T seconds;
+//! - `export`: the export of the log or of one tenant's events, streamed in pages;
+//! - `verify_file`: the offline verification of an export, in one pass, and of the live
+//!   store's checkpoints.
 
 pub mod checkpoint;
 pub mod checkpointer;
+pub mod export;
 pub mod key;
 pub mod merkle;
 pub mod store;
+pub mod verify_file;
 
 pub use checkpoint::{Checkpoint, CheckpointItem};
 pub use checkpointer::{CheckpointError, Checkpointer, CheckpointerConfig};
+pub use export::{Bound, Export, ExportError, ExportRequest, Format};
 pub use key::{KeyError, PublicKey, SigningKey};
 pub use merkle::ChainHead;
