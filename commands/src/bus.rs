@@ -139,7 +139,8 @@ impl<A: Aggregate> Loaded<A> {
 pub struct UnitOfWork<'a, L: EventLog> {
     log: &'a L,
     metadata: Value,
-    /// Set when the metadata carries a client IP that was not sealed: nothing is committed.
+    /// Set when the metadata carries a client IP or a user agent that was not sealed:
+    /// nothing is committed.
     unsealed_ip: bool,
     /// The tenant every event of the unit is recorded under: the metadata's, or else the
     /// one the aggregates name.
@@ -163,6 +164,9 @@ impl<'a, L: EventLog> UnitOfWork<'a, L> {
             unsealed_ip: matches!(
                 metadata.client_ip,
                 Some(crate::metadata::ClientIp::Plain(_))
+            ) || matches!(
+                metadata.user_agent,
+                Some(crate::metadata::UserAgent::Plain(_))
             ),
             tenant: metadata.tenant_id,
             pending: Vec::new(),
@@ -270,11 +274,14 @@ impl<'a, L: EventLog> UnitOfWork<'a, L> {
     }
 
     /// Appends everything decided, atomically. Returns `None` when nothing was decided.
-    /// Refuses to write events whose metadata holds a client IP that was not sealed.
+    /// Refuses to write events whose metadata holds a client IP or a user agent that was
+    /// not sealed.
     pub async fn commit(self) -> Result<Option<Committed>, LogError> {
         if self.unsealed_ip && !self.is_empty() {
             return Err(LogError::Failed(
-                "the client IP must be sealed as personal data before events are written".into(),
+                "the client IP and user agent must be sealed as personal data before events \
+                 are written"
+                    .into(),
             ));
         }
         let tenant = self.tenant.map(|tenant| Value::String(tenant.to_string()));

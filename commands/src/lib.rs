@@ -14,4 +14,4 @@ pub mod metadata;
 pub mod privacy;
 pub mod security;
 
-pub use metadata::{ClientIp, CommandMetadata, MetadataError};
+pub use metadata::{ClientIp, CommandMetadata, MetadataError, UserAgent};

@@ -27,8 +27,9 @@ pub const CORRELATION_ID: &str = "correlation_id";
 pub const CAUSATION_ID: &str = "causation_id";
 /// Metadata key: the caller's idempotency key, when the request had one.
 pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
-/// Metadata key: the `User-Agent` of the request, when it had one (at most 256 characters).
-/// It names software, not a person, and is stored as sent.
+/// Metadata key: the `User-Agent` of the request, when it had one (at most 256 characters),
+/// sealed as personal data of the person the command concerns, like the client IP: it is
+/// free text a client chooses, and with the IP it singles a person out.
 pub const USER_AGENT: &str = "user_agent";
 /// Metadata key: the IP address the request came from, when known, sealed as personal data
 /// of the person the command concerns (a JSON `PersonalData` in the string).
@@ -43,6 +44,26 @@ pub enum ClientIp {
     Plain(IpAddr),
     /// Sealed, ready to be stored.
     Sealed(PersonalData),
+}
+
+/// The `User-Agent` a request carried. Personal data, handled like [`ClientIp`]: it reaches
+/// the log only sealed under the key of the person the command concerns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserAgent {
+    /// As the request sent it (at most 256 characters are kept); not yet sealed.
+    Plain(String),
+    /// Sealed, ready to be stored.
+    Sealed(PersonalData),
+}
+
+impl UserAgent {
+    /// The most characters of a `User-Agent` that are kept.
+    pub const MAX_CHARS: usize = 256;
+
+    /// A request's `User-Agent`, cut to [`UserAgent::MAX_CHARS`].
+    pub fn plain(text: &str) -> Self {
+        Self::Plain(text.chars().take(Self::MAX_CHARS).collect())
+    }
 }
 
 /// Who issued a command, for whom, and as part of what.
@@ -66,7 +87,7 @@ pub struct CommandMetadata {
     /// Where the request came from, if known.
     pub client_ip: Option<ClientIp>,
     /// The software that sent the request, if it said.
-    pub user_agent: Option<String>,
+    pub user_agent: Option<UserAgent>,
 }
 
 /// A metadata map that cannot be read as [`CommandMetadata`].
@@ -111,8 +132,9 @@ impl CommandMetadata {
     }
 
     /// The string map that cqrs-es stores beside each event. Absent optional values are left
-    /// out rather than stored empty, and so is a client IP that is not sealed: a plain
-    /// address never reaches the log (the command bus refuses to commit with one).
+    /// out rather than stored empty, and so are a client IP and a user agent that are not
+    /// sealed: neither reaches the log in plaintext (the command bus refuses to commit with
+    /// one).
     pub fn to_map(&self) -> HashMap<String, String> {
         let mut map = HashMap::with_capacity(8);
         map.insert(ACTOR_ID.to_owned(), self.actor_id.clone());
@@ -128,8 +150,10 @@ impl CommandMetadata {
         if let Some(key) = &self.idempotency_key {
             map.insert(IDEMPOTENCY_KEY.to_owned(), key.clone());
         }
-        if let Some(agent) = &self.user_agent {
-            map.insert(USER_AGENT.to_owned(), agent.chars().take(256).collect());
+        if let Some(UserAgent::Sealed(sealed)) = &self.user_agent
+            && let Ok(json) = serde_json::to_string(sealed)
+        {
+            map.insert(USER_AGENT.to_owned(), json);
         }
         if let Some(ClientIp::Sealed(sealed)) = &self.client_ip
             && let Ok(json) = serde_json::to_string(sealed)
@@ -165,7 +189,18 @@ impl CommandMetadata {
                 .map(|v| uuid(CAUSATION_ID, v))
                 .transpose()?,
             idempotency_key: map.get(IDEMPOTENCY_KEY).cloned(),
-            user_agent: map.get(USER_AGENT).cloned(),
+            user_agent: map
+                .get(USER_AGENT)
+                .map(|v| {
+                    serde_json::from_str::<PersonalData>(v)
+                        .map(UserAgent::Sealed)
+                        .map_err(|_| MetadataError::Invalid {
+                            key: USER_AGENT,
+                            expected: "sealed user agent",
+                            value: v.clone(),
+                        })
+                })
+                .transpose()?,
             client_ip: map
                 .get(CLIENT_IP)
                 .map(|v| {
@@ -191,7 +226,10 @@ mod tests {
         let mut meta = CommandMetadata::new("user-1", ActorKind::User, Some(Uuid::now_v7()));
         meta.causation_id = Some(Uuid::now_v7());
         meta.idempotency_key = Some("key-1".into());
-        meta.user_agent = Some("curl/8.5.0".into());
+        meta.user_agent = Some(UserAgent::Sealed(PersonalData::from_sealed(
+            domain::personal::SubjectId::from_uuid(Uuid::now_v7()),
+            "c2VhbGVkIGFnZW50".into(),
+        )));
         meta.client_ip = Some(ClientIp::Sealed(PersonalData::from_sealed(
             domain::personal::SubjectId::from_uuid(Uuid::now_v7()),
             "c2VhbGVk".into(),
@@ -206,6 +244,24 @@ mod tests {
         let map = meta.to_map();
         assert!(!map.contains_key(CLIENT_IP));
         assert!(!map.values().any(|v| v.contains("192.0.2.7")));
+    }
+
+    #[test]
+    fn a_plain_user_agent_is_never_written() {
+        let mut meta = CommandMetadata::new("user-1", ActorKind::User, None);
+        meta.user_agent = Some(UserAgent::plain("curl/8.5.0 (ada@example.org)"));
+        let map = meta.to_map();
+        assert!(!map.contains_key(USER_AGENT));
+        assert!(
+            !map.values()
+                .any(|v| v.contains("curl") || v.contains("ada@"))
+        );
+    }
+
+    #[test]
+    fn a_user_agent_is_cut_to_256_characters() {
+        let long = "x".repeat(300);
+        assert_eq!(UserAgent::plain(&long), UserAgent::Plain("x".repeat(256)));
     }
 
     #[test]

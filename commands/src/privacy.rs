@@ -145,21 +145,46 @@ pub fn seal(
     ))
 }
 
-/// Seals the client IP of a request in `metadata` under `subject`'s key, the person the
-/// command concerns. A missing or already sealed IP is left as it is.
-pub async fn seal_client_ip<K: SubjectKeys>(
+/// Seals the personal data of a request's metadata (its client IP and user agent) under
+/// `subject`'s key, the person the command concerns. Missing or already sealed values are
+/// left as they are. When `subject` was forgotten nothing can be sealed for them, so the
+/// plain values are dropped: they never reach the log unsealed, and the command goes on to
+/// its own decision (which, about a forgotten person, is a refusal).
+pub async fn seal_request_metadata<K: SubjectKeys>(
     keys: &K,
     metadata: &mut crate::metadata::CommandMetadata,
     subject: SubjectId,
 ) -> Result<(), PrivacyError> {
-    if let Some(crate::metadata::ClientIp::Plain(ip)) = metadata.client_ip {
-        let key = keys.key_for(subject).await?;
-        metadata.client_ip = Some(crate::metadata::ClientIp::Sealed(seal(
-            &key,
-            subject,
-            crate::metadata::CLIENT_IP,
-            &ip.to_string(),
-        )?));
+    use crate::metadata::{CLIENT_IP, ClientIp, USER_AGENT, UserAgent};
+    let ip = match &metadata.client_ip {
+        Some(ClientIp::Plain(ip)) => Some(ip.to_string()),
+        _ => None,
+    };
+    let agent = match &metadata.user_agent {
+        Some(UserAgent::Plain(agent)) => Some(agent.clone()),
+        _ => None,
+    };
+    if ip.is_none() && agent.is_none() {
+        return Ok(());
+    }
+    let key = match keys.key_for(subject).await {
+        Ok(key) => key,
+        Err(PrivacyError::Forgotten(_)) => {
+            if ip.is_some() {
+                metadata.client_ip = None;
+            }
+            if agent.is_some() {
+                metadata.user_agent = None;
+            }
+            return Ok(());
+        }
+        Err(err) => return Err(err),
+    };
+    if let Some(ip) = ip {
+        metadata.client_ip = Some(ClientIp::Sealed(seal(&key, subject, CLIENT_IP, &ip)?));
+    }
+    if let Some(agent) = agent {
+        metadata.user_agent = Some(UserAgent::Sealed(seal(&key, subject, USER_AGENT, &agent)?));
     }
     Ok(())
 }

@@ -358,25 +358,32 @@ async fn concurrent_requests_with_one_key_run_the_command_once() {
 }
 
 #[tokio::test]
-async fn events_whose_metadata_holds_a_plain_client_ip_are_not_written() {
+async fn events_whose_metadata_holds_a_plain_client_ip_or_user_agent_are_not_written() {
     let db = TestDb::new().await;
     let store = db.store();
-    let mut plain = metadata();
-    plain.client_ip = Some(commands::ClientIp::Plain("192.0.2.1".parse().unwrap()));
-    match bus::run(
-        &store.repository,
-        &plain,
-        &OpenWith {
-            id: "a".into(),
-            balance: 1,
-        },
-    )
-    .await
-    {
-        Err(CommandError::Infrastructure(message)) => {
-            assert!(message.contains("client IP must be sealed"), "{message}");
+    let mut plain_ip = metadata();
+    plain_ip.client_ip = Some(commands::ClientIp::Plain("192.0.2.1".parse().unwrap()));
+    let mut plain_agent = metadata();
+    plain_agent.user_agent = Some(commands::UserAgent::plain("curl/8.5.0"));
+    for plain in [plain_ip, plain_agent] {
+        match bus::run(
+            &store.repository,
+            &plain,
+            &OpenWith {
+                id: "a".into(),
+                balance: 1,
+            },
+        )
+        .await
+        {
+            Err(CommandError::Infrastructure(message)) => {
+                assert!(
+                    message.contains("client IP and user agent must be sealed"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a refusal, got {other:?}"),
         }
-        other => panic!("expected a refusal, got {other:?}"),
     }
     assert_eq!(count_events(&db).await, 0);
 }

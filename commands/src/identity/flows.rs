@@ -161,14 +161,14 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         })
     }
 
-    /// The metadata with its client IP sealed under `subject`'s key.
+    /// The metadata with its client IP and user agent sealed under `subject`'s key.
     pub(crate) async fn sealed(
         &self,
         metadata: &CommandMetadata,
         subject: SubjectId,
     ) -> Result<CommandMetadata, IdentityError> {
         let mut metadata = metadata.clone();
-        privacy::seal_client_ip(&self.keys, &mut metadata, subject).await?;
+        privacy::seal_request_metadata(&self.keys, &mut metadata, subject).await?;
         Ok(metadata)
     }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use async_graphql::{Context, Schema};
 use commands::identity::Identity;
-use commands::{ClientIp, CommandMetadata};
+use commands::{ClientIp, CommandMetadata, UserAgent};
 use domain::identity::rbac::{Permission, PermissionSet};
 use eventstore::{EventRepository, PgSubjectKeys};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -214,7 +214,7 @@ impl<'a> Request<'a> {
         metadata.correlation_id = self.context.request_id;
         metadata.idempotency_key = self.context.idempotency_key.clone();
         metadata.client_ip = self.context.client_ip.map(ClientIp::Plain);
-        metadata.user_agent = self.context.user_agent.clone();
+        metadata.user_agent = self.context.user_agent.as_deref().map(UserAgent::plain);
         metadata
     }
 
