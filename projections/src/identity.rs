@@ -116,6 +116,7 @@ CREATE TABLE users (
     created_at            timestamptz NOT NULL,
     activated_at          timestamptz,
     deactivated_at        timestamptz,
+    forgotten_at          timestamptz,
     updated_at            timestamptz NOT NULL,
     last_position         bigint NOT NULL
 );
@@ -195,7 +196,8 @@ impl PgProjection for IdentityModel {
 
     fn version(&self) -> i32 {
         // 2: row-level security for the gateway's reader role.
-        2
+        // 3: `users.forgotten_at`.
+        3
     }
 
     fn wants(&self, event: &RecordedEvent) -> bool {
@@ -1093,6 +1095,26 @@ async fn user(
             event,
         )
         .bind(at),
+        // The sealed fields stay as the events hold them: with the key destroyed, nothing
+        // opens them any more. A user deactivated earlier keeps that time.
+        UserEvent::SubjectForgotten {
+            user_id,
+            forgotten_at,
+        } => {
+            same_id("user", user_id.as_uuid(), id)?;
+            stamping(
+                "UPDATE users SET status = 'deactivated', forgotten_at = $4,
+                                  deactivated_at = COALESCE(deactivated_at, $4),
+                                  invitation_expires_at = NULL,
+                                  mfa_enabled = false, recovery_codes_left = 0,
+                                  sessions_valid_after = GREATEST(sessions_valid_after, $4),
+                                  updated_at = $2, last_position = $3
+                  WHERE user_id = $1",
+                id,
+                event,
+            )
+            .bind(forgotten_at)
+        }
     };
     statement.execute(&mut *conn).await?;
     Ok(Outcome::Applied)

@@ -199,7 +199,9 @@ fn reads(changes: &[(&RecordedEvent, Change)]) -> Vec<String> {
             }
             Change::User(
                 user,
-                UserEvent::PasswordChanged { .. } | UserEvent::AllSessionsRevoked { .. },
+                UserEvent::PasswordChanged { .. }
+                | UserEvent::AllSessionsRevoked { .. }
+                | UserEvent::SubjectForgotten { .. },
             ) => keys.push(principal_key(
                 &Principal::User(UserId::from_uuid(*user)).to_string(),
             )),
@@ -409,13 +411,12 @@ async fn user_event(stage: &mut Stage, user: Uuid, change: UserEvent) -> Step {
         UserEvent::InvitationAccepted { .. } => stage.set(&key, "status", "active"),
         UserEvent::UserDeactivated { .. } => stage.set(&key, "status", "deactivated"),
         UserEvent::PasswordChanged { changed_at: at, .. }
-        | UserEvent::AllSessionsRevoked { at } => {
-            let earlier = stage
-                .field(&key, "sessions_valid_after_us")
-                .await?
-                .and_then(|us| us.parse::<i64>().ok());
-            let after = earlier.map_or(micros(at), |earlier| earlier.max(micros(at)));
-            stage.set(&key, "sessions_valid_after_us", after.to_string());
+        | UserEvent::AllSessionsRevoked { at } => void_sessions_before(stage, &key, at).await?,
+        // A forgotten person is a deactivated principal whose sessions all ended; the model
+        // held nothing personal of theirs to erase.
+        UserEvent::SubjectForgotten { forgotten_at, .. } => {
+            stage.set(&key, "status", "deactivated");
+            void_sessions_before(stage, &key, forgotten_at).await?;
         }
         UserEvent::EmailVerificationIssued { .. }
         | UserEvent::EmailVerified { .. }
@@ -429,6 +430,17 @@ async fn user_event(stage: &mut Stage, user: Uuid, change: UserEvent) -> Step {
         | UserEvent::RecoveryCodeUsed { .. }
         | UserEvent::MfaDisabled { .. } => {}
     }
+    Ok(())
+}
+
+/// Moves a user's `sessions_valid_after_us` forward to `at` (never backwards).
+async fn void_sessions_before(stage: &mut Stage, key: &str, at: DateTime<Utc>) -> Step {
+    let earlier = stage
+        .field(key, "sessions_valid_after_us")
+        .await?
+        .and_then(|us| us.parse::<i64>().ok());
+    let after = earlier.map_or(micros(at), |earlier| earlier.max(micros(at)));
+    stage.set(key, "sessions_valid_after_us", after.to_string());
     Ok(())
 }
 

@@ -493,6 +493,7 @@ every_variant!(
         RecoveryCodeUsed,
         MfaDisabled,
         AllSessionsRevoked,
+        SubjectForgotten,
     }
 );
 every_variant!(
@@ -695,7 +696,7 @@ async fn every_identity_flow(f: &Fixture, db: &TestDb) -> Touched {
         );
     }
 
-    // Mallory registers and is deactivated.
+    // Mallory registers, is deactivated, and is then forgotten.
     tick(f);
     let mallory = register(
         f,
@@ -708,6 +709,7 @@ async fn every_identity_flow(f: &Fixture, db: &TestDb) -> Touched {
     .user_id
     .to_string();
     id.deactivate_user(&owner, &acme, &mallory).await.unwrap();
+    id.forget_subject(&owner, &acme, &mallory).await.unwrap();
 
     // Ada's sessions: one rotated twice, then a rotated token comes back; one signed out of.
     tick(f);

@@ -23,6 +23,7 @@ mod projections;
 mod reader;
 mod relay;
 mod service_accounts;
+mod shredding;
 mod subject_keys;
 mod tampering;
 

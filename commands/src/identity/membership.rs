@@ -1,6 +1,6 @@
-//! Administering a tenant: its lifecycle, its roles and who holds them, invitations, and
-//! deactivating users. Every operation here needs a permission in the tenant, and no
-//! operation grants more than the actor holds.
+//! Administering a tenant: its lifecycle, its roles and who holds them, invitations,
+//! deactivating users and forgetting them. Every operation here needs a permission in the
+//! tenant, and no operation grants more than the actor holds.
 
 use std::collections::BTreeSet;
 
@@ -10,7 +10,7 @@ use domain::identity::email_claim::{EmailClaim, EmailClaimCommand, claim_id};
 use domain::identity::principal::Principal;
 use domain::identity::rbac::{Permission, PermissionSet, RoleName, RoleRef};
 use domain::identity::service_account::ServiceAccount;
-use domain::identity::tenant::{Tenant, TenantCommand};
+use domain::identity::tenant::{Tenant, TenantCommand, TenantStatus};
 use domain::identity::user::{User, UserCommand, UserStatus};
 use domain::identity::values::{Email, PlanRef, TenantId, TenantName, UserId};
 use domain::personal::SubjectId;
@@ -563,6 +563,159 @@ impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
         };
         let ((), position) = self.execute(metadata, &command).await?;
         Ok(position)
+    }
+}
+
+impl<L: EventLog, K: SubjectKeys> Identity<L, K> {
+    /// Forgets a user of a tenant (crypto-shredding): destroys their data key, so every
+    /// personal field ever sealed for them (email, name, client IPs, user agents) reads as
+    /// redacted everywhere, and records `SubjectForgotten`, which holds only ids. The user is
+    /// deactivated for good, their sessions end, their email address is released and they
+    /// leave the tenant's members (so their API keys grant nothing).
+    ///
+    /// Needs `privacy:forget` and every permission the user holds; the tenant's last owner
+    /// cannot be forgotten. Nobody forgets themselves: erasure is done by another member, so
+    /// that a stolen session cannot destroy its victim's account and data for good.
+    /// Forgetting a forgotten user again changes nothing and answers no position.
+    pub async fn forget_subject(
+        &self,
+        metadata: &CommandMetadata,
+        tenant: &str,
+        user: &str,
+    ) -> Result<Option<i64>, IdentityError> {
+        let tenant_id = parse_tenant(tenant)?;
+        let user_id: UserId = user
+            .parse()
+            .map_err(|err| IdentityError::bad_input("userId", err))?;
+        let actor = actor_principal(metadata)?;
+        if actor == Principal::User(user_id) {
+            return Err(IdentityError::Refused {
+                kind: RefusalKind::Forbidden,
+                reason: "forget_self",
+                message: "a person is forgotten by another member who holds `privacy:forget`, \
+                          never with their own credentials"
+                    .into(),
+            });
+        }
+        // The request's IP and user agent are the actor's, sealed under the actor's key:
+        // nothing of the forgotten person is sealed anew.
+        let metadata = &self.sealed(metadata, subject_of(actor)).await?;
+        let command = Forget {
+            tenant_id,
+            actor,
+            user_id,
+            keys: &self.keys,
+            now: self.clock.now(),
+        };
+        let ((), position) = self.execute(metadata, &command).await?;
+        Ok(position)
+    }
+}
+
+/// Forgets a user. The order matters, because the key store is not the log and no
+/// transaction spans both: every aggregate decides first (so a refusal destroys nothing),
+/// then the key is destroyed, then the unit of work commits `SubjectForgotten` with the
+/// claim's release and the membership's removal.
+///
+/// - If the key cannot be destroyed, nothing is written: the log never claims an erasure
+///   that did not happen.
+/// - If the commit fails after the key is gone, the person's data is already unreadable
+///   (read models and GraphQL show it redacted) and nothing new can be sealed for them;
+///   the log lacks the event until the caller retries. The retry finds the user not yet
+///   forgotten, decides again, finds the key already destroyed (`forget` is idempotent)
+///   and commits. A conflict with a concurrent change retries the same way, inside
+///   [`crate::bus::run`].
+/// - Appending first and destroying after would leave, on a failure between the two, a log
+///   that says the person is forgotten while their data still opens: the one outcome that
+///   must never happen.
+struct Forget<'k, K> {
+    tenant_id: TenantId,
+    actor: Principal,
+    user_id: UserId,
+    keys: &'k K,
+    now: DateTime<Utc>,
+}
+
+impl<L: EventLog, K: SubjectKeys> Command<L> for Forget<'_, K> {
+    type Output = ();
+    type Error = Refused;
+
+    async fn decide(&self, work: &mut UnitOfWork<'_, L>) -> Result<(), CommandError<Refused>> {
+        let mut tenant = work.load::<Tenant>(&self.tenant_id.to_string()).await?;
+        authorize(tenant.state(), &self.actor, Permission::PrivacyForget)?;
+        let mut user = work.load::<User>(&self.user_id.to_string()).await?;
+        if user.state().tenant() != Some(self.tenant_id) {
+            return Err(CommandError::Refused(Refused::new(
+                RefusalKind::NotFound,
+                "user_not_found",
+                "no such user in this tenant",
+            )));
+        }
+        if user.state().is_forgotten() {
+            // Already done, key and event alike (the key is destroyed before the event is
+            // written): nothing to record.
+            return Ok(());
+        }
+        let target = Principal::User(self.user_id);
+        let held = tenant.state().effective_permissions(&target);
+        let granted_by = tenant.state().effective_permissions(&self.actor);
+        if !held.is_subset_of(granted_by) {
+            return Err(CommandError::Refused(Refused::new(
+                RefusalKind::Forbidden,
+                "escalation",
+                "this user holds permissions you do not hold",
+            )));
+        }
+        let owners = tenant.state().owners();
+        if owners.contains(&self.user_id) && owners.len() == 1 {
+            return Err(CommandError::Refused(Refused::new(
+                RefusalKind::Conflict,
+                "last_owner",
+                "the tenant's last owner cannot be forgotten; make someone else an owner first",
+            )));
+        }
+        let index = user.state().email_index().cloned();
+        work.handle(&mut user, UserCommand::Forget { now: self.now }, &())
+            .await
+            .map_err(refused)?;
+        // The address is free again; its blind index stays in the log (a keyed hash).
+        if let Some(index) = index {
+            let mut claim = work
+                .load::<EmailClaim>(&claim_id(self.tenant_id, &index))
+                .await?;
+            if claim.state().holder() == Some(self.user_id) {
+                work.handle(
+                    &mut claim,
+                    EmailClaimCommand::Release {
+                        user_id: self.user_id,
+                        now: self.now,
+                    },
+                    &(),
+                )
+                .await
+                .map_err(refused)?;
+            }
+        }
+        // A suspended or closed tenant accepts no membership change; it grants nothing to a
+        // deactivated user either.
+        if tenant.state().status() == TenantStatus::Active && tenant.state().is_member(&target) {
+            work.handle(
+                &mut tenant,
+                TenantCommand::RemoveMember {
+                    principal: target,
+                    granted_by,
+                    now: self.now,
+                },
+                &(),
+            )
+            .await
+            .map_err(refused)?;
+        }
+        self.keys
+            .forget(SubjectId::from_uuid(self.user_id.as_uuid()))
+            .await
+            .map_err(|err| CommandError::Infrastructure(err.to_string()))?;
+        Ok(())
     }
 }
 
