@@ -93,8 +93,9 @@ impl FromStr for Format {
 pub enum Bound {
     /// A global position.
     Position(i64),
-    /// An RFC 3339 time: as `from`, the first event recorded at or after it; as `to`, the
-    /// last event recorded at or before it.
+    /// An RFC 3339 time. As `to`, the end of the longest prefix of the log recorded at or
+    /// before it (one before the first event recorded after it); as `from`, the first
+    /// event recorded at or after it.
     Time(DateTime<Utc>),
 }
 
@@ -309,15 +310,16 @@ impl Export {
         let to = match request.to {
             None => head,
             Some(Bound::Position(position)) => position,
+            // The end of the longest prefix recorded at or before the time: one before the
+            // first event recorded after it (`recorded_at` is not monotonic; see `history`).
             Some(Bound::Time(at)) => sqlx::query_scalar::<_, i64>(
-                "SELECT global_position FROM events WHERE recorded_at <= $1
-                  ORDER BY global_position DESC LIMIT 1",
+                "SELECT global_position FROM events WHERE recorded_at > $1
+                  ORDER BY global_position LIMIT 1",
             )
             .bind(at)
             .fetch_optional(pool)
             .await?
-            .unwrap_or(0)
-            .min(head),
+            .map_or(head, |first_after| first_after - 1),
         };
         if from < 1 {
             return Err(ExportError::Range(format!(
