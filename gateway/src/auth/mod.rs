@@ -244,6 +244,9 @@ impl<L: EventLog + Clone> Authenticator<L> {
             Presented::Token(token) => self.access_token(token).await.map(Caller::Authenticated),
             Presented::ApiKey(key) => {
                 let caller = self.api_key(key).await?;
+                // The key's holder must still be active: a deactivated or forgotten user's
+                // keys stop working with them.
+                self.check_principal(&caller.principal, None).await?;
                 if let Credential::ApiKey { key_id, .. } = caller.credential {
                     self.usage
                         .record(key_id, caller.tenant_id, self.clock.now());

@@ -940,6 +940,27 @@ impl MutationRoot {
         request.done("deactivate_user", result, consistency).await
     }
 
+    /// Forgets a person (crypto-shredding): destroys the user's data key, so their email,
+    /// name, client IPs and user agents read as redacted everywhere, for good. The user is
+    /// deactivated, their sessions end, their email address is released and they leave the
+    /// tenant. Needs `privacy:forget`; nobody forgets themselves, and the last owner stays.
+    /// Forgetting a forgotten user again changes nothing (`position: null`).
+    async fn forget_subject(
+        &self,
+        ctx: &Context<'_>,
+        user_id: Uuid,
+        #[graphql(default)] consistency: Consistency,
+    ) -> ApiResult<Outcome> {
+        let request = Request::of(ctx)?;
+        let tenant = request.tenant_caller(Permission::PrivacyForget).await?;
+        let result = request
+            .services
+            .identity
+            .forget_subject(&request.metadata(), &tenant, &user_id.to_string())
+            .await;
+        request.done("forget_subject", result, consistency).await
+    }
+
     /// Creates a service account with roles. Needs `service_accounts:manage`.
     async fn create_service_account(
         &self,

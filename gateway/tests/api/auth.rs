@@ -450,6 +450,10 @@ async fn another_tenants_ids_are_not_found_on_every_query_and_mutation_that_take
             user.clone(),
         ),
         (
+            "mutation($id: UUID!) { forgetSubject(userId: $id) { position } }",
+            user.clone(),
+        ),
+        (
             "mutation($p: String!) { assignRole(principal: $p, role: \"admin\") { position } }",
             principal.clone(),
         ),

@@ -9,6 +9,7 @@ mod history;
 mod limits;
 mod public_key;
 mod queries;
+mod shredding;
 mod subscriptions;
 
 use std::net::SocketAddr;
