@@ -21,7 +21,7 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Run every role in one process: create the database if it is missing, migrate, check
     /// NATS JetStream and Redis, start the event store, and run until interrupted.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run only the relay, which publishes the event log to NATS JetStream in order. Start
     /// several: one leads, the others stand by and take over when it stops.
     Relay(RelayCommandArgs),
