@@ -5,7 +5,8 @@
 //! up (up to a bound) as one batch, on a connection of its own:
 //!
 //! 1. it decides, in memory, which appends are current, gives the accepted events the
-//!    positions after the head, and chains their hashes;
+//!    positions after the head and one record time (the later of its clock and the last
+//!    event's, so that times never decrease along the log), and chains their hashes;
 //! 2. it writes the batch with one statement that is its own transaction: the statement
 //!    moves the log head only if the head is still where this appender left it and each
 //!    aggregate is at the sequence the batch assumed, and inserts every event
@@ -272,6 +273,17 @@ struct Session {
     backend: Backend,
 }
 
+/// The last event of the log: its position, hash and record time (`None` for an empty log).
+type Head = (i64, Digest32, Option<DateTime<Utc>>);
+
+/// The record time of a batch: now, unless the last event of the log was recorded later
+/// (another process's clock runs ahead): record times never decrease along the log, so a
+/// time names a prefix of it.
+fn record_time(last: Option<DateTime<Utc>>) -> DateTime<Utc> {
+    let now = Utc::now().trunc_subsecs(6);
+    last.map_or(now, |last| now.max(last))
+}
+
 /// How many tenant chain heads the appender remembers before it starts over.
 const MAX_REMEMBERED_TENANTS: usize = 100_000;
 
@@ -279,9 +291,9 @@ const MAX_REMEMBERED_TENANTS: usize = 100_000;
 struct Writer {
     pool: PgPool,
     session: Option<Session>,
-    /// The log head (position and hash) this appender left after its last commit. While
-    /// the log head is still there, nobody else has appended since.
-    head: Option<(i64, Digest32)>,
+    /// The log head (position, hash and record time) this appender left after its last
+    /// commit. While the log head is still there, nobody else has appended since.
+    head: Option<Head>,
     /// The hash of the last event of each tenant chain, valid while `head` is the log head.
     tenants: HashMap<Uuid, Digest32>,
 }
@@ -472,10 +484,12 @@ fn classify(error: sqlx::Error) -> AppendError {
     }
 }
 
-/// Opens a transaction and locks the log head, in one round trip (no parameters, so the
-/// simple protocol can carry both statements).
+/// Opens a transaction and locks the log head, with the record time of the last event, in
+/// one round trip (no parameters, so the simple protocol can carry both statements).
 const LOCK: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; \
-     SELECT position, hash FROM log_head FOR UPDATE";
+     SELECT h.position, h.hash, \
+            (SELECT e.recorded_at FROM events e WHERE e.global_position = h.position) AS recorded_at \
+       FROM log_head h FOR UPDATE OF h";
 
 /// Reads the current sequence of each aggregate ($1, $2) and the hash of the last event of
 /// each tenant chain ($3; the nil UUID stands for the platform-level chain).
@@ -836,23 +850,33 @@ async fn write_batch(
     connection: &mut PgConnection,
     backend: Backend,
     commands: &[&[PendingAppend]],
-    remembered: Option<(i64, Digest32)>,
+    remembered: Option<Head>,
     tenants: &mut HashMap<Uuid, Digest32>,
-) -> Result<(Vec<Outcome>, (i64, Digest32)), BatchError> {
+) -> Result<(Vec<Outcome>, Head), BatchError> {
     let keys = BatchKeys::of(commands);
-    let recorded_at: DateTime<Utc> = Utc::now().trunc_subsecs(6);
 
-    if let Some(head) = remembered
+    if let Some((position, hash, last_recorded)) = remembered
         && keys
             .tenants
             .iter()
             .all(|tenant| tenants.contains_key(tenant))
     {
-        let plan = plan(commands, &keys, None, tenants, head, recorded_at);
+        let recorded_at = record_time(last_recorded);
+        let plan = plan(
+            commands,
+            &keys,
+            None,
+            tenants,
+            (position, hash),
+            recorded_at,
+        );
         match execute(connection, &plan, recorded_at).await {
             Ok(true) => {
                 tenants.extend(plan.moved.iter().map(|(tenant, hash)| (*tenant, *hash)));
-                return Ok((plan.outcomes, (plan.head_position, plan.head_hash)));
+                return Ok((
+                    plan.outcomes,
+                    (plan.head_position, plan.head_hash, Some(recorded_at)),
+                ));
             }
             // Another appender moved the head, or an append was stale: nothing was written.
             Ok(false) => {}
@@ -880,6 +904,9 @@ async fn write_batch(
         head_position,
         digest(&head_hash, "log_head.hash").map_err(BatchError::Failed)?,
     );
+    let head_recorded: Option<DateTime<Utc>> =
+        row.try_get("recorded_at").map_err(BatchError::Failed)?;
+    let recorded_at = record_time(head_recorded);
     let (sequences, hashes) = read(connection, &keys).await.map_err(BatchError::Failed)?;
     tenants.clear();
     tenants.extend(keys.tenants.iter().copied().zip(hashes));
@@ -897,7 +924,7 @@ async fn write_batch(
             .execute("ROLLBACK")
             .await
             .map_err(BatchError::Failed)?;
-        return Ok((plan.outcomes, head));
+        return Ok((plan.outcomes, (head.0, head.1, head_recorded)));
     }
     let written = execute(connection, &plan, recorded_at)
         .await
@@ -921,5 +948,26 @@ async fn write_batch(
         });
     }
     tenants.extend(plan.moved.iter().map(|(tenant, hash)| (*tenant, *hash)));
-    Ok((plan.outcomes, (plan.head_position, plan.head_hash)))
+    Ok((
+        plan.outcomes,
+        (plan.head_position, plan.head_hash, Some(recorded_at)),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+
+    use super::*;
+
+    #[test]
+    fn a_batch_is_never_recorded_before_the_last_event_of_the_log() {
+        // Another process, whose clock runs a minute ahead, wrote the last event.
+        let ahead = (Utc::now() + TimeDelta::minutes(1)).trunc_subsecs(6);
+        assert_eq!(record_time(Some(ahead)), ahead);
+        let behind = Utc::now() - TimeDelta::minutes(1);
+        assert!(record_time(Some(behind)) > behind);
+        assert!(record_time(None) <= Utc::now());
+        assert_eq!(record_time(None), record_time(None).trunc_subsecs(6));
+    }
 }

@@ -8,15 +8,15 @@
 //! its default: exactly what replaying the first `p` events of the log and keeping that
 //! aggregate's gives.
 //!
-//! **Time.** `recorded_at` is the appender's wall clock when it started a batch, one value per
-//! batch. It is not monotonic in `global_position`: two appenders (two processes) take their
-//! times before they queue for the head lock, so the later position can hold the earlier
-//! time, and a wall clock can step back. So the position for a time `t` is not "the last
-//! event recorded at or before `t`", which may sit after an event recorded later than `t`.
-//! It is the end of the longest prefix recorded at or before `t`: one before the first
-//! event recorded after `t`, or the head when there is none. The state as of `t` therefore
-//! never holds an event recorded after `t`. Near the head a time can still move forward,
-//! while a batch with an older time is waiting to commit, as any read of the present can.
+//! **Time.** `recorded_at` is the appender's clock when it wrote a batch, one value per
+//! batch, and never earlier than the event before it: an appender records a batch at the
+//! later of its clock and the last event's time (see `appender`), so times do not decrease
+//! along the log even when two processes' clocks disagree. The position for a time `t` is
+//! the end of the longest prefix recorded at or before `t`: one before the first event
+//! recorded after `t`, or the head when there is none. On such a log that is simply the last
+//! event recorded at or before `t`; the definition does not depend on it, so a log written
+//! before times were kept in order reads correctly too. The state as of `t` never holds an
+//! event recorded after `t`.
 //!
 //! **Snapshots.** A snapshot is used when the stored one ends at or below the position asked
 //! for, and the events after it (up to the position) are applied to it; otherwise the

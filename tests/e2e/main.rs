@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod atomicity;
-mod audit;
 mod bus;
 mod bus_faults;
 mod checkpoints;
@@ -88,7 +87,8 @@ pub async fn append(
 }
 
 /// The log's structural invariants: positions are exactly 1..=N, every aggregate's sequences
-/// are exactly 1..=k, and the head names the last event. Returns N.
+/// are exactly 1..=k, the head names the last event, and record times never decrease along
+/// the log. Returns N.
 pub async fn assert_log_invariants(pool: &PgPool) -> i64 {
     let (count, min, max): (i64, Option<i64>, Option<i64>) =
         sqlx::query_as("SELECT count(*), min(global_position), max(global_position) FROM events")
@@ -119,6 +119,19 @@ pub async fn assert_log_invariants(pool: &PgPool) -> i64 {
         .await
         .unwrap();
     assert_eq!(head, count, "the log head is not at the last position");
+    let backwards: Vec<i64> = sqlx::query_scalar(
+        "SELECT global_position FROM (
+             SELECT global_position, recorded_at < lag(recorded_at) OVER (ORDER BY global_position) AS back
+               FROM events) t
+          WHERE back",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(
+        backwards.is_empty(),
+        "events recorded before the event preceding them: {backwards:?}"
+    );
     count
 }
 
