@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod atomicity;
+mod audit;
 mod bus;
 mod bus_faults;
 mod checkpoints;
