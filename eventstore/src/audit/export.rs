@@ -372,6 +372,16 @@ impl Export {
         Ok(export)
     }
 
+    fn fetch_plan(&self) -> FetchPlan {
+        FetchPlan {
+            pool: self.pool.clone(),
+            tenant: self.tenant,
+            to: self.to,
+            limit: self.page_size,
+            checkpoints_to: self.checkpoints_to,
+        }
+    }
+
     /// The first position covered.
     pub fn from(&self) -> i64 {
         self.from
@@ -436,6 +446,7 @@ impl Export {
             progress: ExportProgress::default(),
             last_hash: ZERO_HASH,
             header_written: false,
+            ahead: None,
             export: self,
         };
         stream::try_unfold(Some(state), |state| async move {
@@ -457,6 +468,68 @@ struct Writer {
     progress: ExportProgress,
     last_hash: Digest32,
     header_written: bool,
+    /// The page being read ahead, and where it starts.
+    ahead: Option<(i64, tokio::task::JoinHandle<Result<Page, ExportError>>)>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.ahead.take() {
+            task.abort();
+        }
+    }
+}
+
+/// What a page is read with: everything owned, so that it can be read on another task.
+#[derive(Debug, Clone)]
+struct FetchPlan {
+    pool: PgPool,
+    tenant: Option<Uuid>,
+    to: i64,
+    limit: i64,
+    checkpoints_to: i64,
+}
+
+/// One page of events, with the checkpoints among them.
+#[derive(Debug)]
+struct Page {
+    events: Vec<RecordedEvent>,
+    checkpoints: Vec<Checkpoint>,
+    /// Whether the page is full (more events may follow).
+    full: bool,
+    /// The last position the page answers for.
+    through: i64,
+}
+
+async fn fetch(plan: FetchPlan, next: i64) -> Result<Page, ExportError> {
+    let events = match plan.tenant {
+        None => read_page(&plan.pool, next, plan.to, plan.limit).await?,
+        Some(tenant) => {
+            let filter = LogFilter {
+                tenant: Some(tenant),
+                ..LogFilter::default()
+            };
+            read_filtered_page(&plan.pool, &filter, next, plan.to, plan.limit).await?
+        }
+    };
+    let full = events.len() as i64 == plan.limit;
+    // The positions this page answers for: through its last event when it is full, else
+    // through the end of the range.
+    let through = match events.last() {
+        Some(last) if full => last.global_position,
+        _ => plan.to,
+    };
+    let checkpoints = if plan.tenant.is_none() && next <= plan.checkpoints_to {
+        store::checkpoints_between(&plan.pool, next, through.min(plan.checkpoints_to)).await?
+    } else {
+        Vec::new()
+    };
+    Ok(Page {
+        events,
+        checkpoints,
+        full,
+        through,
+    })
 }
 
 impl Writer {
@@ -491,35 +564,30 @@ impl Writer {
     }
 
     async fn write_page(&mut self, next: i64, out: &mut Vec<u8>) -> Result<(), ExportError> {
-        let export = &self.export;
-        let (to, limit) = (export.to, export.page_size);
-        if next > to {
+        if next > self.export.to {
             self.next = None;
             return Ok(());
         }
-        let page = match export.tenant {
-            None => read_page(&export.pool, next, to, limit).await?,
-            Some(tenant) => {
-                let filter = LogFilter {
-                    tenant: Some(tenant),
-                    ..LogFilter::default()
-                };
-                read_filtered_page(&export.pool, &filter, next, to, limit).await?
+        let page = match self.ahead.take() {
+            Some((from, task)) if from == next => {
+                task.await.map_err(|err| ExportError::Encode {
+                    position: next,
+                    problem: format!("the task reading ahead failed: {err}"),
+                })??
             }
+            _ => fetch(self.export.fetch_plan(), next).await?,
         };
-        let full = page.len() as i64 == limit;
-        // The positions this page answers for: through its last event when it is full,
-        // else through the end of the range.
-        let through = match page.last() {
-            Some(last) if full => last.global_position,
-            _ => to,
-        };
-        let checkpoints = if export.tenant.is_none() && next <= export.checkpoints_to {
-            store::checkpoints_between(&export.pool, next, through.min(export.checkpoints_to))
-                .await?
-        } else {
-            Vec::new()
-        };
+        let Page {
+            events: page,
+            checkpoints,
+            full,
+            through,
+        } = page;
+        // The next page is read on another task while this one is encoded.
+        if full && through < self.export.to {
+            let plan = self.export.fetch_plan();
+            self.ahead = Some((through + 1, tokio::spawn(fetch(plan, through + 1))));
+        }
         let mut pending = checkpoints.into_iter().peekable();
         out.reserve(page.len() * 1024);
         for event in &page {
@@ -721,11 +789,22 @@ fn envelope_of(
     )
     .ok()
     .flatten();
-    let mut envelope = proto::v1::EventEnvelope::without_payload(event.to_proto(), canonical)
-        .map_err(|err| ExportError::Encode {
-            position: event.global_position,
-            problem: err.to_string(),
-        })?;
+    // The envelope's metadata is a map of strings. Metadata of another shape is still in
+    // the canonical bytes, which are what the hash covers; the map is then left empty.
+    let mut envelope =
+        match proto::v1::EventEnvelope::without_payload(event.to_proto(), canonical.clone()) {
+            Ok(envelope) => envelope,
+            Err(_) => {
+                let mut record = event.to_proto();
+                record.metadata = serde_json::Value::Object(serde_json::Map::new());
+                proto::v1::EventEnvelope::without_payload(record, canonical).map_err(|err| {
+                    ExportError::Encode {
+                        position: event.global_position,
+                        problem: err.to_string(),
+                    }
+                })?
+            }
+        };
     envelope.payload = typed.map(Into::into);
     Ok(envelope)
 }
