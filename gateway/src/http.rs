@@ -1,6 +1,6 @@
 //! The HTTP edge: `/graphql` (POST, GraphiQL on GET when enabled, and graphql-transport-ws
-//! subscriptions on the same path), `/.well-known/jwks.json`, `/healthz`, `/readyz` and
-//! `/metrics`.
+//! subscriptions on the same path), `/.well-known/jwks.json`, `/audit/public-key`,
+//! `/audit/export` (a tenant's audit export, streamed), `/healthz`, `/readyz` and `/metrics`.
 //!
 //! Every response carries `x-request-id` (the caller's, when it sent a UUID, or a new one);
 //! the same id is in every GraphQL error's extensions and in the log lines of the request.
@@ -89,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/audit/public-key", get(crate::audit::public_key))
+        .route("/audit/export", get(crate::audit::export::http_export))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
@@ -154,7 +155,7 @@ fn header_text(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<S
 }
 
 /// An error response in GraphQL's shape, for a request refused before execution.
-fn refused(err: &ApiError, request_id: Uuid) -> Response {
+pub(crate) fn refused(err: &ApiError, request_id: Uuid) -> Response {
     let mut error = ServerError::new(err.message.clone(), None);
     let mut extensions = ErrorExtensionValues::default();
     extensions.set("code", err.code.as_str());
@@ -189,7 +190,7 @@ pub(crate) fn annotate(response: &mut async_graphql::Response, request_id: Uuid)
 /// Resolves the caller of a request, and counts it against the API rate limits. The
 /// caller's permissions are looked up at the same time as the rate limit (both in Redis, on
 /// one pipelined connection), since nearly every field needs them.
-async fn caller_of(
+pub(crate) async fn caller_of(
     state: &AppState,
     headers: &HeaderMap,
     client_ip: Option<IpAddr>,

@@ -493,3 +493,119 @@ fn an_operator_sees_a_parked_projection_and_skips_only_its_parked_event_on_the_r
         stderr(&resume)
     );
 }
+
+#[test]
+fn an_exported_log_verifies_and_a_tampered_copy_fails_with_exit_code_1() {
+    use eventstore::audit::{Checkpointer, CheckpointerConfig, SigningKey};
+
+    let p = populated(2);
+    let key = std::sync::Arc::new(SigningKey::generate().unwrap().0);
+    p.runtime.block_on(async {
+        Checkpointer::new(p.db.app.clone(), key.clone(), CheckpointerConfig::default())
+            .checkpoint_now()
+            .await
+            .unwrap()
+            .expect("a checkpoint");
+    });
+    let dir = std::env::temp_dir().join(format!("platform-audit-cli-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (file, key_file) = (dir.join("log.ndjson"), dir.join("key.json"));
+    std::fs::write(&key_file, serde_json::to_vec(key.public()).unwrap()).unwrap();
+    let verify = |file: &std::path::Path| {
+        platform()
+            .args(["audit", "verify"])
+            .arg(file)
+            .arg("--public-key")
+            .arg(&key_file)
+            .output()
+            .unwrap()
+    };
+
+    let exported = platform()
+        .args(["audit", "export", "--database-url", &p.app_url, "-o"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(exported.status.success(), "{}", stderr(&exported));
+    assert!(stdout(&exported).starts_with(&format!("exported {} events", p.head)));
+
+    let verified = verify(&file);
+    assert_eq!(verified.status.code(), Some(0), "{}", stdout(&verified));
+    assert!(
+        stdout(&verified).starts_with(&format!(
+            "verified {} events, 1 checkpoints, positions 1..{}\n",
+            p.head, p.head
+        )),
+        "{}",
+        stdout(&verified)
+    );
+
+    // The independent verifier agrees.
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/audit_verify.py");
+    let python = Command::new("python3")
+        .arg(&script)
+        .arg(&file)
+        .arg("--public-key")
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert_eq!(python.status.code(), Some(0), "{}", stdout(&python));
+
+    // One byte of the first event's record changed.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let tampered = dir.join("tampered.ndjson");
+    std::fs::write(
+        &tampered,
+        text.replacen("\"sequence\":1,", "\"sequence\":2,", 1),
+    )
+    .unwrap();
+    let failed = verify(&tampered);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(
+        stdout(&failed).starts_with("FAILED at position 1: edited: "),
+        "{}",
+        stdout(&failed)
+    );
+
+    // The protobuf form, and the live store.
+    let protobuf = dir.join("log.pb");
+    let exported = platform()
+        .args([
+            "audit",
+            "export",
+            "--database-url",
+            &p.app_url,
+            "--format",
+            "protobuf",
+            "-o",
+        ])
+        .arg(&protobuf)
+        .output()
+        .unwrap();
+    assert!(exported.status.success(), "{}", stderr(&exported));
+    assert_eq!(verify(&protobuf).status.code(), Some(0));
+    let live = platform()
+        .args(["audit", "verify", "--db", &p.app_url, "--public-key"])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        live.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&live),
+        stderr(&live)
+    );
+
+    // A key that is not a key is a usage error; a file that is not there cannot be read.
+    let usage = platform()
+        .args(["audit", "verify"])
+        .arg(&file)
+        .args(["--public-key", "{\"kid\": \"x\"}"])
+        .output()
+        .unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+    assert_eq!(verify(&dir.join("absent.ndjson")).status.code(), Some(3));
+    let _ = std::fs::remove_dir_all(&dir);
+}
