@@ -138,6 +138,16 @@ impl Scratch {
     /// Runs `scripts/audit_verify.py` on `file` with `key` pinned: `None` when it
     /// verifies, else the position and reason of its `FAILED` line.
     fn python(&self, file: &[u8], key: &PublicKey) -> Option<(Location, Reason)> {
+        self.python_with(file, key, &[])
+    }
+
+    /// [`Scratch::python`] with more arguments.
+    fn python_with(
+        &self,
+        file: &[u8],
+        key: &PublicKey,
+        more: &[&std::ffi::OsStr],
+    ) -> Option<(Location, Reason)> {
         let id = Uuid::now_v7();
         let (path, key_path) = (
             self.0.join(format!("{id}.ndjson")),
@@ -151,6 +161,7 @@ impl Scratch {
             .arg(&path)
             .arg("--public-key")
             .arg(&key_path)
+            .args(more)
             .output()
             .expect("python3 runs");
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -707,4 +718,87 @@ async fn a_log_cut_behind_a_checkpoint_is_truncated_in_the_live_store() {
         (failure.at, failure.reason),
         (Location::Position(12), Reason::Truncated)
     );
+}
+
+#[tokio::test]
+async fn a_witness_file_confirms_the_checkpoints_and_catches_a_rewritten_one() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let scratch = Scratch::new();
+    let witness = scratch.0.join("witness.ndjson");
+    let key = Arc::new(SigningKey::generate().unwrap().0);
+    let mut signer = Checkpointer::new(
+        db.app.clone(),
+        key.clone(),
+        CheckpointerConfig {
+            witness: Some(witness.clone()),
+            ..CheckpointerConfig::default()
+        },
+    );
+    for round in 0..2 {
+        append(
+            &store.repository,
+            "ledger",
+            round * 3 + 1,
+            3,
+            Some(Uuid::now_v7()),
+        )
+        .await
+        .unwrap();
+        signer
+            .checkpoint_now()
+            .await
+            .unwrap()
+            .expect("a checkpoint");
+    }
+    let file = export_bytes(&db.app, &ExportRequest::default()).await;
+    let with_witness = |witness: &Path| {
+        let options = VerifyOptions {
+            keys: vec![key.public().clone()],
+            witness: Some(witness.to_owned()),
+            ..VerifyOptions::default()
+        };
+        verify_file::verify_reader(std::io::Cursor::new(file.clone()), &options, |_| {}).unwrap()
+    };
+    let report = verified(with_witness(&witness));
+    assert_eq!(report.witness, Some((2, Some(6))));
+    let args = [std::ffi::OsStr::new("--witness"), witness.as_os_str()];
+    assert_eq!(scratch.python_with(&file, key.public(), &args), None);
+
+    // The witness saw another head at 6 than the export holds (signed with the key: the
+    // log was rewritten after it was witnessed).
+    let text = std::fs::read_to_string(&witness).unwrap();
+    let last = text.lines().last().unwrap();
+    let forged = resigned_elsewhere(last, &key);
+    let other = scratch.0.join("other-witness.ndjson");
+    std::fs::write(&other, text.replace(last, &forged)).unwrap();
+    let Outcome::Failed(failure) = with_witness(&other) else {
+        panic!("a witness that disagrees verified");
+    };
+    assert_eq!(
+        (failure.at, failure.reason),
+        (Location::Position(6), Reason::Rewritten)
+    );
+    assert!(failure.detail.starts_with("witness line 2: "), "{failure}");
+    let args = [std::ffi::OsStr::new("--witness"), other.as_os_str()];
+    assert_eq!(
+        scratch.python_with(&file, key.public(), &args),
+        Some((Location::Position(6), Reason::Rewritten))
+    );
+}
+
+/// The checkpoint of a witness line signed again over another head hash.
+fn resigned_elsewhere(line: &str, key: &SigningKey) -> String {
+    let item: CheckpointItem = serde_json::from_str(line).unwrap();
+    let original = Checkpoint::try_from(&item).unwrap();
+    let mut head = original.head_hash;
+    head.0[0] ^= 0xff;
+    let forged = Checkpoint::sign(
+        key,
+        original.position,
+        head,
+        original.tenants_root,
+        original.signed_at,
+    );
+    serde_json::to_string(&forged.to_item()).unwrap()
 }
