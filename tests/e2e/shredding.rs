@@ -9,6 +9,9 @@ use commands::privacy::{self, MasterKey, Opened, SubjectKeys};
 use commands::{ClientIp, CommandMetadata, UserAgent};
 use domain::identity::rbac::Permission;
 use domain::personal::{PersonalData, SubjectId};
+use eventstore::audit::export::{Export, ExportRequest};
+use eventstore::audit::verify_file::{self, Outcome, VerifyOptions};
+use eventstore::audit::{Checkpointer, CheckpointerConfig, SigningKey};
 use eventstore::{LogReader, PgSubjectKeys};
 use projections::identity_hot::{IdentityHot, IdentityHotModel};
 use projections::redis::{Lookup, RedisModel};
@@ -220,6 +223,42 @@ async fn a_forgotten_person_leaves_a_verifiable_chain_and_no_plaintext_personal_
     let log = log_text(&db).await;
     assert!(log.len() > 20, "the scene wrote the log");
     assert_no_plaintext(&log);
+
+    // An auditor's signed export of the whole log verifies after the forget, and holds
+    // nobody's personal data in plaintext: Bob's fields stay there only as ciphertext that
+    // no key opens any more.
+    let signer = std::sync::Arc::new(SigningKey::generate().unwrap().0);
+    Checkpointer::new(
+        db.app.clone(),
+        signer.clone(),
+        CheckpointerConfig::default(),
+    )
+    .checkpoint_now()
+    .await
+    .unwrap()
+    .expect("a checkpoint of the head");
+    let export = Export::prepare(&db.app, &ExportRequest::default())
+        .await
+        .unwrap();
+    let chunks: Vec<_> = futures::TryStreamExt::try_collect(export.into_stream())
+        .await
+        .unwrap();
+    let file: Vec<u8> = chunks.into_iter().flat_map(|chunk| chunk.bytes).collect();
+    let options = VerifyOptions {
+        keys: vec![signer.public().clone()],
+        ..VerifyOptions::default()
+    };
+    let outcome =
+        verify_file::verify_reader(std::io::Cursor::new(file.clone()), &options, |_| {}).unwrap();
+    assert!(matches!(outcome, Outcome::Verified(_)), "{outcome:?}");
+    let text = String::from_utf8(file).unwrap().to_lowercase();
+    assert!(text.contains("subjectforgotten"));
+    for value in PERSONAL {
+        assert!(
+            !text.contains(&value.to_lowercase()),
+            "{value:?} is in plaintext in the export"
+        );
+    }
 
     // The IP and the user agent were recorded, sealed.
     let agents: Vec<(Option<String>,)> = rows(
