@@ -150,7 +150,23 @@ impl CanonicalEvent {
 
         let payload_json = jcs(fields.payload, "payload")?;
         let metadata_json = jcs(fields.metadata, "metadata")?;
+        Ok(Self::assemble(fields, payload_json, metadata_json))
+    }
 
+    /// The encoding of an event read back from the log, whose payload and metadata are given
+    /// as the text the log stores: the canonical text the appender wrote. Nothing is checked
+    /// or re-encoded, so the result is right only if that text is still canonical; compare
+    /// [`CanonicalEvent::hash`] with the stored hash to know (`fields.payload` and
+    /// `fields.metadata` are not read).
+    pub fn from_stored(
+        fields: &EventFields<'_>,
+        payload_json: String,
+        metadata_json: String,
+    ) -> Self {
+        Self::assemble(fields, payload_json, metadata_json)
+    }
+
+    fn assemble(fields: &EventFields<'_>, payload_json: String, metadata_json: String) -> Self {
         let mut head = Vec::with_capacity(160);
         head.extend_from_slice(b"{\"aggregate_id\":");
         push_string(&mut head, fields.aggregate_id);
@@ -185,13 +201,13 @@ impl CanonicalEvent {
         }
         tail.extend_from_slice(b",\"tenant_prev_hash\":\"");
 
-        Ok(Self {
+        Self {
             head,
             body,
             tail,
             payload_json,
             metadata_json,
-        })
+        }
     }
 
     /// The canonical JSON text of the payload (valid JSON, stored as is).
@@ -263,8 +279,10 @@ fn hex_into<'b>(digest: &Digest32, buf: &'b mut [u8; 64]) -> &'b [u8] {
 fn push_string(out: &mut Vec<u8>, text: &str) {
     // JCS escapes strings exactly as serde_json does: `"` and `\`, the short escapes
     // \b \f \n \r \t, and \u00xx (lower-case) for the other control characters.
-    let value = Value::String(text.to_owned());
-    out.extend_from_slice(value.to_string().as_bytes());
+    // Serializing a string into a Vec cannot fail: there is no I/O and no map key to check.
+    if serde_json::to_writer(&mut *out, text).is_err() {
+        out.extend_from_slice(b"\"\"");
+    }
 }
 
 fn jcs(value: &Value, path: &str) -> Result<String, CanonicalError> {
@@ -274,18 +292,64 @@ fn jcs(value: &Value, path: &str) -> Result<String, CanonicalError> {
 
 fn check_string(path: &str, text: &str) -> Result<(), CanonicalError> {
     if text.contains('\0') {
-        return Err(CanonicalError::new(
-            path,
-            "contains the NUL character U+0000, which PostgreSQL cannot store",
-        ));
+        return Err(CanonicalError::new(path, nul_problem()));
     }
     Ok(())
 }
 
 fn check_value(path: &str, value: &Value, depth: usize) -> Result<(), CanonicalError> {
+    // The walk allocates nothing while the value is valid: the path of an offending value
+    // is put together only on the way back up from it.
+    check_within(value, depth).map_err(|fault| {
+        let mut full = path.to_owned();
+        for step in fault.steps.iter().rev() {
+            match step {
+                Step::Index(i) => full.push_str(&format!("[{i}]")),
+                Step::Key(key) => {
+                    full.push('.');
+                    full.push_str(key);
+                }
+            }
+        }
+        CanonicalError::new(&full, fault.problem)
+    })
+}
+
+/// One step from a value to a value inside it.
+enum Step<'v> {
+    Index(usize),
+    Key(&'v str),
+}
+
+/// What is wrong, and the steps from the offending value back up to where the walk began.
+struct Fault<'v> {
+    steps: Vec<Step<'v>>,
+    problem: String,
+}
+
+impl<'v> Fault<'v> {
+    fn new(problem: String) -> Self {
+        Self {
+            steps: Vec::new(),
+            problem,
+        }
+    }
+
+    fn at(mut self, step: Step<'v>) -> Self {
+        self.steps.push(step);
+        self
+    }
+}
+
+fn nul_problem() -> String {
+    "contains the NUL character U+0000, which PostgreSQL cannot store".to_owned()
+}
+
+fn check_within(value: &Value, depth: usize) -> Result<(), Fault<'_>> {
     match value {
         Value::Null | Value::Bool(_) => Ok(()),
-        Value::String(text) => check_string(path, text),
+        Value::String(text) if text.contains('\0') => Err(Fault::new(nul_problem())),
+        Value::String(_) => Ok(()),
         Value::Number(number) => {
             let beyond = match (number.as_u64(), number.as_i64(), number.as_f64()) {
                 (Some(u), _, _) => u > MAX_SAFE_INTEGER,
@@ -296,28 +360,24 @@ fn check_value(path: &str, value: &Value, depth: usize) -> Result<(), CanonicalE
                 (None, None, None) => false,
             };
             if beyond {
-                Err(CanonicalError::new(
-                    path,
-                    format!(
-                        "number {number} is a whole number beyond ±(2^53 − 1); store large quantities as strings"
-                    ),
-                ))
+                Err(Fault::new(format!(
+                    "number {number} is a whole number beyond ±(2^53 − 1); store large quantities as strings"
+                )))
             } else {
                 Ok(())
             }
         }
-        Value::Array(_) | Value::Object(_) if depth >= MAX_DEPTH => Err(CanonicalError::new(
-            path,
-            format!("nests arrays and objects deeper than {MAX_DEPTH} levels"),
-        )),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .try_for_each(|(i, item)| check_value(&format!("{path}[{i}]"), item, depth + 1)),
+        Value::Array(_) | Value::Object(_) if depth >= MAX_DEPTH => Err(Fault::new(format!(
+            "nests arrays and objects deeper than {MAX_DEPTH} levels"
+        ))),
+        Value::Array(items) => items.iter().enumerate().try_for_each(|(i, item)| {
+            check_within(item, depth + 1).map_err(|fault| fault.at(Step::Index(i)))
+        }),
         Value::Object(members) => members.iter().try_for_each(|(key, item)| {
-            let inner = format!("{path}.{key}");
-            check_string(&inner, key)?;
-            check_value(&inner, item, depth + 1)
+            if key.contains('\0') {
+                return Err(Fault::new(nul_problem()).at(Step::Key(key)));
+            }
+            check_within(item, depth + 1).map_err(|fault| fault.at(Step::Key(key)))
         }),
     }
 }

@@ -43,7 +43,7 @@ pub use history::{AsOf, History, HistoryError};
 pub use key_usage::{KeyUsage, KeyUsageTask, KeyUse};
 pub use loader::{Loader, LoaderConfig, LoaderStats, LoaderTask};
 pub use reader::{LogHead, LogReader};
-pub use record::RecordedEvent;
+pub use record::{RecordedEvent, StoredEvent};
 pub use relay::{EncodeEvent, ProtoEncoder, Relay, RelayConfig, RelayError, RelayStats};
 pub use repository::EventRepository;
 pub use subject_keys::PgSubjectKeys;

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::canonical::Digest32;
 use crate::error::StoreError;
-use crate::record::{RecordedEvent, digest_column};
+use crate::record::{RecordedEvent, StoredEvent, digest_column};
 
 /// Rows fetched per round trip unless configured otherwise.
 pub const DEFAULT_PAGE_SIZE: i64 = 500;
@@ -126,6 +126,31 @@ pub(crate) async fn read_page(
         .fetch_all(pool)
         .await?;
     rows.iter().map(RecordedEvent::from_row).collect()
+}
+
+const SELECT_STORED_PAGE: &str = "\
+SELECT global_position, event_id, aggregate_type, aggregate_id, sequence, event_type,
+       event_version, tenant_id, recorded_at, payload::text AS payload, metadata::text AS metadata,
+       prev_hash, tenant_prev_hash, hash
+  FROM events
+ WHERE global_position >= $1 AND global_position <= $2
+ ORDER BY global_position
+ LIMIT $3";
+
+/// Like [`read_page`], with the payload and metadata as the text the log stores, unparsed.
+pub(crate) async fn read_stored_page(
+    pool: &PgPool,
+    from: i64,
+    to: i64,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let rows = sqlx::query(SELECT_STORED_PAGE)
+        .bind(from)
+        .bind(to)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(StoredEvent::from_row).collect()
 }
 
 /// Which events [`read_filtered_page`] returns; a `None` member selects every value.

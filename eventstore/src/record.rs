@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 use uuid::Uuid;
@@ -108,9 +109,97 @@ impl RecordedEvent {
     }
 }
 
+/// An event read back with its payload and metadata as the text the log stores (the
+/// canonical JSON the appender wrote), not yet parsed: what the relay publishes from.
+/// `record` holds every other column; its `payload` is `null`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// The row, less the payload.
+    pub record: RecordedEvent,
+    /// The payload's stored JSON text.
+    pub payload_json: String,
+    /// The metadata's stored JSON text.
+    pub metadata_json: String,
+}
+
+impl StoredEvent {
+    pub(crate) fn from_row(row: &PgRow) -> Result<Self, StoreError> {
+        let digest = |column: &'static str| digest_column(row, column);
+        let metadata_json: String = row.try_get("metadata")?;
+        let metadata = serde_json::from_str(&metadata_json).map_err(|err| StoreError::Corrupt {
+            column: "metadata",
+            problem: format!("is not JSON: {err}"),
+        })?;
+        Ok(Self {
+            record: RecordedEvent {
+                global_position: row.try_get("global_position")?,
+                event_id: row.try_get("event_id")?,
+                aggregate_type: row.try_get("aggregate_type")?,
+                aggregate_id: row.try_get("aggregate_id")?,
+                sequence: row.try_get("sequence")?,
+                event_type: row.try_get("event_type")?,
+                event_version: row.try_get("event_version")?,
+                tenant_id: row.try_get("tenant_id")?,
+                recorded_at: row.try_get("recorded_at")?,
+                payload: Value::Null,
+                metadata,
+                prev_hash: digest("prev_hash")?,
+                tenant_prev_hash: digest("tenant_prev_hash")?,
+                hash: digest("hash")?,
+            },
+            payload_json: row.try_get("payload")?,
+            metadata_json,
+        })
+    }
+
+    /// The canonical bytes, put together from the stored text without parsing it, if they
+    /// hash to the stored hash; `None` when they do not (the text is not the canonical text
+    /// it was written as), and the bytes must be computed from the parsed values.
+    pub fn canonical_bytes_as_stored(&self) -> Option<Vec<u8>> {
+        let event = &self.record;
+        let canonical = CanonicalEvent::from_stored(
+            &EventFields {
+                event_id: event.event_id,
+                aggregate_type: &event.aggregate_type,
+                aggregate_id: &event.aggregate_id,
+                sequence: event.sequence,
+                event_type: &event.event_type,
+                event_version: &event.event_version,
+                tenant_id: event.tenant_id,
+                payload: &Value::Null,
+                metadata: &Value::Null,
+            },
+            self.payload_json.clone(),
+            self.metadata_json.clone(),
+        );
+        let bytes = canonical.bytes(&event.links());
+        let hash = Digest32(Sha256::digest(&bytes).into());
+        (hash == event.hash).then_some(bytes)
+    }
+
+    /// The event with its payload parsed.
+    pub fn parsed(&self) -> Result<RecordedEvent, StoreError> {
+        let payload =
+            serde_json::from_str(&self.payload_json).map_err(|err| StoreError::Corrupt {
+                column: "payload",
+                problem: format!("is not JSON: {err}"),
+            })?;
+        Ok(RecordedEvent {
+            payload,
+            ..self.record.clone()
+        })
+    }
+}
+
 impl RecordedEvent {
     /// The record as the bus contracts carry it (`proto::EventRecord`).
     pub fn to_proto(&self) -> proto::EventRecord {
+        self.to_proto_with_payload(self.payload.clone())
+    }
+
+    /// [`RecordedEvent::to_proto`] with another payload: an envelope carries the payload in
+    /// its canonical bytes and typed message, so the relay need not copy it here.
+    pub(crate) fn to_proto_with_payload(&self, payload: Value) -> proto::EventRecord {
         proto::EventRecord {
             global_position: self.global_position,
             event_id: self.event_id,
@@ -121,7 +210,7 @@ impl RecordedEvent {
             event_version: self.event_version.clone(),
             tenant_id: self.tenant_id,
             recorded_at: self.recorded_at,
-            payload: self.payload.clone(),
+            payload,
             metadata: self.metadata.clone(),
             prev_hash: self.prev_hash.0,
             tenant_prev_hash: self.tenant_prev_hash.0,

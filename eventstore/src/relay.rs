@@ -10,8 +10,14 @@
 //! stream's duplicate window) and CloudEvents binary-mode headers; the body is a protobuf
 //! `EventEnvelope` (see `docs/events.md`). Up to [`RelayConfig::max_in_flight`] publish acks
 //! are awaited at once; the checkpoint (`relay_checkpoints`) only moves over positions whose
-//! acks arrived, in order. A relay killed at any point therefore republishes from its
+//! acks arrived, in order, and is written by a task of its own so that publishing never
+//! waits for PostgreSQL. A relay killed at any point therefore republishes from its
 //! checkpoint, and deduplication plus idempotent consumers absorb the repeats.
+//!
+//! A reader task reads the log a page ahead (the next page is read while one is encoded),
+//! with the payload and metadata as the text the log stores: the envelope's canonical bytes
+//! are put together from that text and checked against the stored hash, so an event is
+//! neither parsed nor re-encoded on its way to the bus unless its text was changed.
 //!
 //! It wakes on `NOTIFY platform_events`, which a statement-level trigger on `events` sends
 //! once per append batch, and polls every [`RelayConfig::poll_interval`] as a fallback. While
@@ -34,12 +40,12 @@ use proto::TypedEvent;
 use proto::v1::EventEnvelope;
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep};
 
 use crate::error::StoreError;
-use crate::reader::read_page;
-use crate::record::RecordedEvent;
+use crate::reader::read_stored_page;
+use crate::record::{RecordedEvent, StoredEvent};
 
 /// The channel the `events` trigger notifies after each append statement.
 pub const NOTIFY_CHANNEL: &str = "platform_events";
@@ -196,6 +202,13 @@ pub trait EncodeEvent: Send + Sync + 'static {
     /// The body of the message for `event`, and its content type.
     fn encode(&self, event: &RecordedEvent) -> Result<Vec<u8>, String>;
 
+    /// The body of the message for an event read with its payload as the log stores it.
+    /// The default parses the payload and calls [`EncodeEvent::encode`].
+    fn encode_stored(&self, event: &StoredEvent) -> Result<Vec<u8>, String> {
+        let parsed = event.parsed().map_err(|err| err.to_string())?;
+        self.encode(&parsed)
+    }
+
     /// The `content-type` header of every message.
     fn content_type(&self) -> &'static str;
 }
@@ -215,23 +228,53 @@ impl EncodeEvent for ProtoEncoder {
             &event.event_type,
             &event.event_version,
             &event.payload,
-        )
-        .unwrap_or_else(|err| {
-            tracing::warn!(
-                position = event.global_position,
-                "relay: publishing without a typed payload: {err}"
-            );
-            None
-        });
-        let mut envelope = EventEnvelope::without_payload(event.to_proto(), canonical)
-            .map_err(|err| err.to_string())?;
-        envelope.payload = typed.map(Into::into);
-        Ok(envelope.encode_to_vec())
+        );
+        envelope(event, canonical, typed)
+    }
+
+    /// Puts the canonical bytes together from the stored text, and decodes the typed payload
+    /// straight from it; parses nothing else. A stored text that no longer hashes as it was
+    /// written is encoded from its parsed values instead, like any event.
+    fn encode_stored(&self, event: &StoredEvent) -> Result<Vec<u8>, String> {
+        let Some(canonical) = event.canonical_bytes_as_stored() else {
+            let parsed = event.parsed().map_err(|err| err.to_string())?;
+            return self.encode(&parsed);
+        };
+        let record = &event.record;
+        let typed = TypedEvent::from_json_text(
+            &record.aggregate_type,
+            &record.event_type,
+            &record.event_version,
+            &event.payload_json,
+        );
+        envelope(record, canonical, typed)
     }
 
     fn content_type(&self) -> &'static str {
         "application/protobuf; messageType=platform.events.v1.EventEnvelope"
     }
+}
+
+/// The envelope of `event` (whose `payload` is not read) with its canonical bytes and its
+/// typed payload, encoded. A payload that does not decode as its type says is published
+/// without the typed form.
+fn envelope(
+    event: &RecordedEvent,
+    canonical: Vec<u8>,
+    typed: Result<Option<TypedEvent>, proto::ConvertError>,
+) -> Result<Vec<u8>, String> {
+    let typed = typed.unwrap_or_else(|err| {
+        tracing::warn!(
+            position = event.global_position,
+            "relay: publishing without a typed payload: {err}"
+        );
+        None
+    });
+    let record = event.to_proto_with_payload(serde_json::Value::Null);
+    let mut envelope =
+        EventEnvelope::without_payload(record, canonical).map_err(|err| err.to_string())?;
+    envelope.payload = typed.map(Into::into);
+    Ok(envelope.encode_to_vec())
 }
 
 /// The relay of one process.
@@ -520,7 +563,15 @@ impl<E: EncodeEvent> Relay<E> {
             listener,
             pages_tx,
         )));
-        let mut stored = start;
+        // The checkpoint is written on a task of its own, so that publishing never waits for
+        // PostgreSQL: it is told each acked position and stores the latest it has seen.
+        let (acked, acked_seen) = watch::channel(start);
+        let _writer = AbortOnDrop(tokio::spawn(write_checkpoints(
+            self.pool.clone(),
+            self.config.checkpoint.clone(),
+            acked_seen,
+            start,
+        )));
         let mut lock_checked = Instant::now();
         loop {
             let page = tokio::select! {
@@ -535,10 +586,13 @@ impl<E: EncodeEvent> Relay<E> {
             if page.caught_up {
                 flight.settle_all(&self.stats).await?;
             }
-            if flight.acked > stored {
-                store_checkpoint(&self.pool, &self.config.checkpoint, flight.acked).await?;
-                stored = flight.acked;
-            }
+            acked.send_if_modified(|told| {
+                let moved = flight.acked > *told;
+                if moved {
+                    *told = flight.acked;
+                }
+                moved
+            });
             if lock_checked.elapsed() >= self.config.standby_poll {
                 check_lock(lock).await?;
                 lock_checked = Instant::now();
@@ -564,6 +618,35 @@ impl<E: EncodeEvent> Relay<E> {
             flight.acks.push_back((message.position, ack));
         }
         Ok(())
+    }
+}
+
+/// Stores the latest acked position it is told of in `relay_checkpoints`, until the leader
+/// stops (and drops the sender). A failed write is tried again, with whatever position is
+/// the latest by then; a checkpoint that lags only means republishing after a restart, which
+/// the stream's duplicate window and the consumers' own checkpoints absorb.
+async fn write_checkpoints(
+    pool: PgPool,
+    name: String,
+    mut acked: watch::Receiver<i64>,
+    mut stored: i64,
+) {
+    while acked.changed().await.is_ok() {
+        loop {
+            let position = *acked.borrow_and_update();
+            if position <= stored {
+                break;
+            }
+            match store_checkpoint(&pool, &name, position).await {
+                Ok(()) => stored = position,
+                Err(err) => {
+                    tracing::warn!(
+                        "relay: cannot store the checkpoint at {position}: {err}; trying again"
+                    );
+                    sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
     }
 }
 
@@ -593,9 +676,9 @@ struct ReadAhead<E> {
 }
 
 /// Aborts the task when the leader stops, whichever way it stops.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop<T = ()>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -613,17 +696,29 @@ async fn read_ahead<E: EncodeEvent>(
     // Whether the publisher was last told that the head of the log was reached: it settles
     // every ack then, so after a full page an empty one must still tell it, once.
     let mut told_caught_up = true;
+    // The next page, already being read while this one is encoded (behind a full page).
+    let mut prefetched: Option<AbortOnDrop<Result<Vec<StoredEvent>, StoreError>>> = None;
     loop {
-        let page = match read_page(&state.pool, state.next, i64::MAX, page_size).await {
+        let read = match prefetched.take() {
+            Some(mut next) => (&mut next.0).await.map_err(|_| RelayError::ReaderStopped),
+            None => Ok(read_stored_page(&state.pool, state.next, i64::MAX, page_size).await),
+        };
+        let page = match read.and_then(|page| page.map_err(RelayError::from)) {
             Ok(events) => events,
             Err(err) => {
-                let _ = pages.send(Err(err.into())).await;
+                let _ = pages.send(Err(err)).await;
                 return;
             }
         };
         let caught_up = (page.len() as i64) < page_size;
         if let Some(last) = page.last() {
-            state.next = last.global_position + 1;
+            state.next = last.record.global_position + 1;
+        }
+        if !caught_up {
+            let (pool, from) = (state.pool.clone(), state.next);
+            prefetched = Some(AbortOnDrop(tokio::spawn(async move {
+                read_stored_page(&pool, from, i64::MAX, page_size).await
+            })));
         }
         if !page.is_empty() || !told_caught_up {
             let prepared =
@@ -651,14 +746,15 @@ async fn read_ahead<E: EncodeEvent>(
 
 /// The messages for `page`, in order.
 fn prepare<E: EncodeEvent>(
-    page: &[RecordedEvent],
+    page: &[StoredEvent],
     encoder: &E,
     config: &RelayConfig,
 ) -> Result<Vec<Outgoing>, RelayError> {
     page.iter()
-        .map(|event| {
+        .map(|stored| {
+            let event = &stored.record;
             let body = encoder
-                .encode(event)
+                .encode_stored(stored)
                 .map_err(|problem| RelayError::Encode {
                     position: event.global_position,
                     problem,
@@ -710,6 +806,95 @@ mod tests {
     fn subject_tokens_never_hold_a_wildcard_or_a_separator() {
         assert_eq!(subject_token("Tenant"), "Tenant");
         assert_eq!(subject_token("a.b*c>d e"), "a_b_c_d_e");
+    }
+
+    /// An event as the log holds it, hashed, and as the relay reads it back with its payload
+    /// and metadata as stored text (`payload_text` when given, else the canonical text).
+    fn as_read(
+        aggregate_type: &str,
+        event_type: &str,
+        event_version: &str,
+        payload: serde_json::Value,
+        payload_text: Option<&str>,
+    ) -> (RecordedEvent, StoredEvent) {
+        let mut event = RecordedEvent {
+            global_position: 7,
+            event_id: uuid::Uuid::now_v7(),
+            aggregate_type: aggregate_type.to_owned(),
+            aggregate_id: "agg-1".to_owned(),
+            sequence: 3,
+            event_type: event_type.to_owned(),
+            event_version: event_version.to_owned(),
+            tenant_id: Some(uuid::Uuid::now_v7()),
+            recorded_at: crate::audit::checkpoint::to_micros(chrono::Utc::now()),
+            payload,
+            metadata: serde_json::json!({"actor_id": "someone", "actor_kind": "user"}),
+            prev_hash: crate::Digest32([1; 32]),
+            tenant_prev_hash: crate::Digest32([2; 32]),
+            hash: crate::ZERO_HASH,
+        };
+        event.hash = event.compute_hash().unwrap();
+        let stored = StoredEvent {
+            record: RecordedEvent {
+                payload: serde_json::Value::Null,
+                ..event.clone()
+            },
+            payload_json: payload_text.map_or_else(
+                || serde_json_canonicalizer::to_string(&event.payload).unwrap(),
+                str::to_owned,
+            ),
+            metadata_json: serde_json_canonicalizer::to_string(&event.metadata).unwrap(),
+        };
+        (event, stored)
+    }
+
+    #[test]
+    fn an_event_encoded_from_its_stored_text_is_the_envelope_of_its_parsed_values() {
+        let typed = TypedEvent::Tenant(domain::identity::tenant::TenantEvent::TenantReactivated {
+            reactivated_at: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+        });
+        let (event, stored) = as_read(
+            "Tenant",
+            &typed.event_type(),
+            &typed.event_version(),
+            typed.to_json().unwrap(),
+            None,
+        );
+        assert!(stored.canonical_bytes_as_stored().is_some());
+        let fast = ProtoEncoder.encode_stored(&stored).unwrap();
+        assert_eq!(fast, ProtoEncoder.encode(&event).unwrap());
+        let envelope = EventEnvelope::decode(fast.as_slice()).unwrap();
+        assert!(envelope.payload.is_some(), "the typed payload is there");
+        assert_eq!(envelope.verify(), Ok(()));
+
+        // An event the contracts do not type.
+        let (event, stored) = as_read(
+            "Ledger",
+            "EntryRecorded",
+            "1",
+            serde_json::json!({"entry": "e-1", "amount": 100}),
+            None,
+        );
+        assert_eq!(
+            ProtoEncoder.encode_stored(&stored).unwrap(),
+            ProtoEncoder.encode(&event).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_stored_text_that_is_not_canonical_is_encoded_from_its_parsed_values() {
+        let (event, stored) = as_read(
+            "Ledger",
+            "EntryRecorded",
+            "1",
+            serde_json::json!({"entry": "e-1", "amount": 100}),
+            Some("{ \"entry\" : \"e-1\",\n  \"amount\": 100 }"),
+        );
+        assert_eq!(stored.canonical_bytes_as_stored(), None);
+        let encoded = ProtoEncoder.encode_stored(&stored).unwrap();
+        assert_eq!(encoded, ProtoEncoder.encode(&event).unwrap());
+        let envelope = EventEnvelope::decode(encoded.as_slice()).unwrap();
+        assert_eq!(envelope.verify(), Ok(()));
     }
 
     #[test]

@@ -95,12 +95,6 @@ impl TypedEvent {
         event_version: &str,
         payload: &Value,
     ) -> Result<Option<Self>, ConvertError> {
-        let problem = |problem: String| ConvertError::Payload {
-            aggregate_type: aggregate_type.to_owned(),
-            event_type: event_type.to_owned(),
-            event_version: event_version.to_owned(),
-            problem,
-        };
         let decoded = match aggregate_type {
             Tenant::TYPE => TenantEvent::deserialize(payload).map(Self::Tenant),
             User::TYPE => UserEvent::deserialize(payload).map(Self::User),
@@ -114,6 +108,48 @@ impl TypedEvent {
                 IdempotencyEvent::deserialize(payload).map(Self::Idempotency)
             }
             _ => return Ok(None),
+        };
+        Self::checked(aggregate_type, event_type, event_version, decoded)
+    }
+
+    /// [`TypedEvent::from_json`] from the payload's JSON text, decoded straight into the
+    /// domain event without an intermediate `Value`.
+    pub fn from_json_text(
+        aggregate_type: &str,
+        event_type: &str,
+        event_version: &str,
+        payload: &str,
+    ) -> Result<Option<Self>, ConvertError> {
+        let mut reader = serde_json::Deserializer::from_str(payload);
+        let decoded = match aggregate_type {
+            Tenant::TYPE => TenantEvent::deserialize(&mut reader).map(Self::Tenant),
+            User::TYPE => UserEvent::deserialize(&mut reader).map(Self::User),
+            Session::TYPE => SessionEvent::deserialize(&mut reader).map(Self::Session),
+            ApiKey::TYPE => ApiKeyEvent::deserialize(&mut reader).map(Self::ApiKey),
+            ServiceAccount::TYPE => {
+                ServiceAccountEvent::deserialize(&mut reader).map(Self::ServiceAccount)
+            }
+            EmailClaim::TYPE => EmailClaimEvent::deserialize(&mut reader).map(Self::EmailClaim),
+            IdempotencyRecord::TYPE => {
+                IdempotencyEvent::deserialize(&mut reader).map(Self::Idempotency)
+            }
+            _ => return Ok(None),
+        };
+        let decoded = decoded.and_then(|event| reader.end().map(|()| event));
+        Self::checked(aggregate_type, event_type, event_version, decoded)
+    }
+
+    fn checked(
+        aggregate_type: &str,
+        event_type: &str,
+        event_version: &str,
+        decoded: Result<Self, serde_json::Error>,
+    ) -> Result<Option<Self>, ConvertError> {
+        let problem = |problem: String| ConvertError::Payload {
+            aggregate_type: aggregate_type.to_owned(),
+            event_type: event_type.to_owned(),
+            event_version: event_version.to_owned(),
+            problem,
         };
         let event = decoded.map_err(|err| problem(err.to_string()))?;
         let actual = event.event_type();
