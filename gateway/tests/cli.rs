@@ -8,6 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use projections::identity::IdentityModel;
+use projections::pg::PgProjection as _;
 use sqlx::postgres::PgConnectOptions;
 use tests::{DeleteKeysOnDrop, DeleteStreamOnDrop, NamedDatabase};
 
@@ -380,7 +382,7 @@ fn replay_rebuilds_a_read_model_through_a_position_and_refuses_what_is_not_there
         columns,
         [
             "identity",
-            "2",
+            &IdentityModel.version().to_string(),
             &first_tenant_end.to_string(),
             &(p.head - first_tenant_end).to_string(),
             "running"
