@@ -13,7 +13,8 @@
 //! the position, or does nothing. Events at or below the position are passed over, so a
 //! redelivered message is harmless, and two workers on one model never interleave.
 //!
-//! A rebuild (after a version change, a lost or flushed Redis, or `platform replay`) fills a
+//! A rebuild (after a version change, a lost or flushed Redis, a model left by another log,
+//! or `platform replay`) fills a
 //! new generation from the log in PostgreSQL, then swaps it in by rewriting `meta` in one
 //! Lua call, and removes the old generation's keys. Readers go through `meta`, so they see
 //! the old model or the new one, never a half-built one; while no live model exists, they
@@ -22,6 +23,9 @@
 //! Parking and skips are recorded in PostgreSQL (`projection_checkpoints`,
 //! `projection_skips`), as for PostgreSQL models, so an operator handles both the same way.
 //! The position there mirrors Redis's for status lines; Redis's own is the one that counts.
+//! A live model whose database has no record of it, or that stands beyond the log's head,
+//! belongs to another log (a database recreated or restored under the same key prefix): a
+//! worker builds it again from its own log rather than skip that log's first events.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -654,19 +658,49 @@ impl<P: RedisProjection> RedisModel<P> {
         Ok(())
     }
 
-    /// Makes sure the projection has its record in `projection_checkpoints`.
-    async fn record(&self) -> Result<Checkpoint, ProjectionError> {
-        sqlx::query(
+    /// Makes sure the projection has its record in `projection_checkpoints`, and says
+    /// whether this call made it.
+    async fn record(&self) -> Result<(Checkpoint, bool), ProjectionError> {
+        let made: Option<String> = sqlx::query_scalar(
             "INSERT INTO projection_checkpoints (name, version, position) VALUES ($1, $2, 0)
-             ON CONFLICT (name) DO NOTHING",
+             ON CONFLICT (name) DO NOTHING RETURNING name",
         )
         .bind(self.projection.name())
         .bind(self.projection.version())
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        pg::checkpoint(&self.pool, self.projection.name())
+        let record = pg::checkpoint(&self.pool, self.projection.name())
             .await?
-            .ok_or_else(|| ProjectionError::NotSetUp(self.projection.name().to_owned()))
+            .ok_or_else(|| ProjectionError::NotSetUp(self.projection.name().to_owned()))?;
+        Ok((record, made.is_some()))
+    }
+
+    /// Why a live model of this version does not belong to the log in `reader`, if it does
+    /// not: it stands beyond the log's head, or it has applied events while this database
+    /// had never heard of the projection. Either way the database was recreated or restored
+    /// under the same key prefix, and the model must be built again from this log.
+    async fn foreign(
+        &self,
+        live: &SlotState,
+        reader: &LogReader,
+        new_record: bool,
+    ) -> Result<Option<String>, ProjectionError> {
+        if live.position == 0 {
+            return Ok(None);
+        }
+        if new_record {
+            return Ok(Some(format!(
+                "it stands at position {}, but this database has no record of it",
+                live.position
+            )));
+        }
+        let head = reader.head().await.map_err(ProjectionError::from)?.position;
+        Ok((live.position > head).then(|| {
+            format!(
+                "it stands at position {}, beyond this log's head at {head}",
+                live.position
+            )
+        }))
     }
 
     /// Rebuilds the model from the log into a new generation, through `to` (or the head of
@@ -698,7 +732,7 @@ impl<P: RedisProjection> RedisModel<P> {
         page: i64,
         mut progress: impl FnMut(i64, i64) + Send,
     ) -> Result<Rebuilt, BuildFailure> {
-        let skipped = self.record().await?.skipped;
+        let skipped = self.record().await?.0.skipped;
         let generation = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let build = self.slot_key(Slot::Build);
         let mut conn = self.conn.clone();
@@ -931,7 +965,7 @@ impl<P: RedisProjection> Target for RedisModel<P> {
     /// new version, or a lost or flushed Redis. Nothing is rebuilt while the projection is
     /// parked; a rebuild that fails on an event parks it there.
     async fn prepare(&self, reader: &LogReader, page: i64) -> Result<(), ProjectionError> {
-        let record = self.record().await?;
+        let (record, new_record) = self.record().await?;
         if let Some(parked) = record.parked {
             return Err(ProjectionError::Parked {
                 name: self.projection.name().to_owned(),
@@ -939,22 +973,31 @@ impl<P: RedisProjection> Target for RedisModel<P> {
             });
         }
         let live = self.slot(Slot::Live).await?;
-        if live
-            .as_ref()
-            .is_some_and(|state| state.version == Some(self.projection.version()))
-        {
-            return Ok(());
-        }
+        let reason = match live {
+            Some(state) if state.version == Some(self.projection.version()) => {
+                match self.foreign(&state, reader, new_record).await? {
+                    None => return Ok(()),
+                    Some(reason) => {
+                        tracing::warn!(
+                            projection = self.projection.name(),
+                            "the Redis model belongs to another log ({reason}): the database was recreated or restored under the same key prefix; building it again from this log"
+                        );
+                        reason
+                    }
+                }
+            }
+            Some(SlotState {
+                version: Some(built),
+                ..
+            }) => format!(
+                "it was built by version {built}, this is version {}",
+                self.projection.version()
+            ),
+            _ => "Redis holds none".to_owned(),
+        };
         tracing::info!(
             projection = self.projection.name(),
-            "building the Redis model from the log: {}",
-            match live.and_then(|state| state.version) {
-                Some(built) => format!(
-                    "it was built by version {built}, this is version {}",
-                    self.projection.version()
-                ),
-                None => "Redis holds none".to_owned(),
-            }
+            "building the Redis model from the log: {reason}"
         );
         match self.build(reader, None, page, |_, _| {}).await {
             Ok(_) => Ok(()),
@@ -973,7 +1016,7 @@ impl<P: RedisProjection> Target for RedisModel<P> {
         // The record exists once the model was prepared; only a missing one is written.
         let record = match pg::checkpoint(&self.pool, self.projection.name()).await? {
             Some(record) => record,
-            None => self.record().await?,
+            None => self.record().await?.0,
         };
         let live = self.slot(Slot::Live).await?;
         let Some(live) = live.filter(|state| state.version == Some(self.projection.version()))

@@ -483,3 +483,44 @@ async fn a_new_version_rebuilds_the_model_and_leaves_no_key_of_the_old_one() {
         .unwrap();
     assert_eq!(checkpoint.version, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_left_by_another_database_under_the_same_prefix_is_built_again_from_this_log() {
+    let redis = TestRedis::new().await;
+    // A first database and its hot model.
+    let gone = TestDb::new().await;
+    let old = run_flows(&fixture(&gone)).await;
+    model(&gone, &redis)
+        .prepare(&LogReader::new(gone.app.clone()), 100)
+        .await
+        .unwrap();
+    assert!(dump(&model(&gone, &redis)).await.0 > 0);
+    drop(gone);
+
+    // The database is made anew under the same Redis prefix, with a log of its own. The
+    // model left in Redis is of the right version, but of another log: it is built again.
+    let db = TestDb::new().await;
+    let w = run_flows(&fixture(&db)).await;
+    build(&db, 500).await;
+    let fresh = model(&db, &redis);
+    fresh
+        .prepare(&LogReader::new(db.app.clone()), 100)
+        .await
+        .unwrap();
+    assert_eq!(dump(&fresh).await.0, head(&db).await);
+    let hot = IdentityHot::new(redis.conn.clone(), &redis.prefix);
+    check_against_postgres(&db, &hot, &w).await;
+    assert_eq!(
+        found(hot.tenant_status(uuid(&old.acme)).await.unwrap()),
+        None,
+        "nothing of the other log is left"
+    );
+
+    // Started again over the same database, the model is its own and stays.
+    let before = dump(&fresh).await;
+    model(&db, &redis)
+        .prepare(&LogReader::new(db.app.clone()), 100)
+        .await
+        .unwrap();
+    assert_eq!(dump(&fresh).await, before);
+}
