@@ -116,9 +116,13 @@ async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -
         .and_then(|text| Uuid::parse_str(text).ok())
         .unwrap_or_else(Uuid::now_v7);
     let route = match request.uri().path() {
-        path @ ("/graphql" | "/.well-known/jwks.json" | "/healthz" | "/readyz" | "/metrics") => {
-            path.to_owned()
-        }
+        path @ ("/graphql"
+        | "/.well-known/jwks.json"
+        | "/audit/public-key"
+        | "/audit/export"
+        | "/healthz"
+        | "/readyz"
+        | "/metrics") => path.to_owned(),
         path if path.starts_with("/graphiql/") => "/graphiql".to_owned(),
         _ => "other".to_owned(),
     };

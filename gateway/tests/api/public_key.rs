@@ -51,4 +51,19 @@ async fn the_public_keys_are_served_without_credentials_and_verify_the_checkpoin
     assert!(kids.contains(&old.kid()) && kids.contains(&new.kid()));
     let by_kid = keys.iter().find(|key| key.kid == signed.kid).unwrap();
     assert!(signed.verifies_under(by_kid));
+
+    // The requests are counted under their own route.
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"http_requests_total{route="/audit/public-key",status="200"} 2"#),
+        "{metrics}"
+    );
 }
