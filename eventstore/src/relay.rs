@@ -270,11 +270,22 @@ fn envelope(
         );
         None
     });
+    envelope_of(event, canonical, typed)
+        .map(|envelope| envelope.encode_to_vec())
+        .map_err(|err| err.to_string())
+}
+
+/// The envelope of `event` (whose `payload` is not read: the canonical bytes and the typed
+/// payload carry it), as the relay publishes it and an audit export writes it.
+pub(crate) fn envelope_of(
+    event: &RecordedEvent,
+    canonical: Vec<u8>,
+    typed: Option<TypedEvent>,
+) -> Result<EventEnvelope, proto::ConvertError> {
     let record = event.to_proto_with_payload(serde_json::Value::Null);
-    let mut envelope =
-        EventEnvelope::without_payload(record, canonical).map_err(|err| err.to_string())?;
+    let mut envelope = EventEnvelope::without_payload(record, canonical)?;
     envelope.payload = typed.map(Into::into);
-    Ok(envelope.encode_to_vec())
+    Ok(envelope)
 }
 
 /// The relay of one process.

@@ -656,24 +656,9 @@ impl<L: EventLog, K: SubjectKeys> Command<L> for Forget<'_, K> {
             // written): nothing to record.
             return Ok(());
         }
+        may_remove(tenant.state(), &self.actor, self.user_id, "forgotten")?;
         let target = Principal::User(self.user_id);
-        let held = tenant.state().effective_permissions(&target);
         let granted_by = tenant.state().effective_permissions(&self.actor);
-        if !held.is_subset_of(granted_by) {
-            return Err(CommandError::Refused(Refused::new(
-                RefusalKind::Forbidden,
-                "escalation",
-                "this user holds permissions you do not hold",
-            )));
-        }
-        let owners = tenant.state().owners();
-        if owners.contains(&self.user_id) && owners.len() == 1 {
-            return Err(CommandError::Refused(Refused::new(
-                RefusalKind::Conflict,
-                "last_owner",
-                "the tenant's last owner cannot be forgotten; make someone else an owner first",
-            )));
-        }
         let index = user.state().email_index().cloned();
         work.handle(&mut user, UserCommand::Forget { now: self.now }, &())
             .await
@@ -719,6 +704,34 @@ impl<L: EventLog, K: SubjectKeys> Command<L> for Forget<'_, K> {
     }
 }
 
+/// Whether `actor` may take `user` out of the tenant (deactivate or forget them): only if
+/// the actor holds every permission the user holds, and never the tenant's last owner.
+/// `done` names what would be done to them, for the refusal.
+fn may_remove(
+    tenant: &Tenant,
+    actor: &Principal,
+    user: UserId,
+    done: &str,
+) -> Result<(), CommandError<Refused>> {
+    let held = tenant.effective_permissions(&Principal::User(user));
+    if !held.is_subset_of(tenant.effective_permissions(actor)) {
+        return Err(CommandError::Refused(Refused::new(
+            RefusalKind::Forbidden,
+            "escalation",
+            "this user holds permissions you do not hold",
+        )));
+    }
+    let owners = tenant.owners();
+    if owners.contains(&user) && owners.len() == 1 {
+        return Err(CommandError::Refused(Refused::new(
+            RefusalKind::Conflict,
+            "last_owner",
+            format!("the tenant's last owner cannot be {done}; make someone else an owner first"),
+        )));
+    }
+    Ok(())
+}
+
 struct Deactivate {
     tenant_id: TenantId,
     actor: Principal,
@@ -741,24 +754,7 @@ impl<L: EventLog> Command<L> for Deactivate {
                 "no such user in this tenant",
             )));
         }
-        let target = Principal::User(self.user_id);
-        let held = tenant.state().effective_permissions(&target);
-        let granted_by = tenant.state().effective_permissions(&self.actor);
-        if !held.is_subset_of(granted_by) {
-            return Err(CommandError::Refused(Refused::new(
-                RefusalKind::Forbidden,
-                "escalation",
-                "this user holds permissions you do not hold",
-            )));
-        }
-        let owners = tenant.state().owners();
-        if owners.contains(&self.user_id) && owners.len() == 1 {
-            return Err(CommandError::Refused(Refused::new(
-                RefusalKind::Conflict,
-                "last_owner",
-                "the tenant's last owner cannot be deactivated; make someone else an owner first",
-            )));
-        }
+        may_remove(tenant.state(), &self.actor, self.user_id, "deactivated")?;
         work.handle(&mut user, UserCommand::Deactivate { now: self.now }, &())
             .await
             .map_err(refused)?;

@@ -162,7 +162,6 @@ impl Checkpointer {
     /// logged and retried after a pause; it never stops the loop.
     pub async fn run(mut self, stop: impl Future<Output = ()>) {
         let mut last_signed = Instant::now();
-        let mut signed_position: i64 = 0;
         let mut pause = self.config.poll;
         let mut stop = std::pin::pin!(stop);
         loop {
@@ -170,7 +169,7 @@ impl Checkpointer {
                 () = &mut stop => return,
                 () = tokio::time::sleep(pause) => {}
             }
-            match self.due(signed_position, last_signed).await {
+            match self.due(last_signed).await {
                 Ok(false) => {
                     pause = self.config.poll;
                     continue;
@@ -183,10 +182,7 @@ impl Checkpointer {
                 }
             }
             match self.checkpoint_now().await {
-                Ok(made) => {
-                    if let Some(checkpoint) = made {
-                        signed_position = checkpoint.position;
-                    }
+                Ok(_) => {
                     last_signed = Instant::now();
                     pause = self.config.poll;
                 }
@@ -200,7 +196,7 @@ impl Checkpointer {
 
     /// Whether a checkpoint is due: the head moved past the last checkpoint, by `every`
     /// events or for `interval`.
-    async fn due(&self, signed: i64, since: Instant) -> Result<bool, StoreError> {
+    async fn due(&self, since: Instant) -> Result<bool, StoreError> {
         let row = sqlx::query(
             "SELECT (SELECT position FROM log_head) AS head,
                     (SELECT coalesce(max(position), 0) FROM audit_checkpoints) AS last",
@@ -208,7 +204,7 @@ impl Checkpointer {
         .fetch_one(&self.pool)
         .await?;
         let head: i64 = row.try_get("head")?;
-        let last: i64 = row.try_get::<i64, _>("last")?.max(signed);
+        let last: i64 = row.try_get("last")?;
         Ok(head > last
             && (head - last >= self.config.every || since.elapsed() >= self.config.interval))
     }

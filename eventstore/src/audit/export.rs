@@ -16,13 +16,13 @@ use futures::Stream;
 use futures::stream;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
-use sqlx::{PgPool, Row as _};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::canonical::{Digest32, ZERO_HASH, format_recorded_at};
 use crate::error::StoreError;
 use crate::reader::{LogFilter, read_filtered_page, read_page};
-use crate::record::{RecordedEvent, digest_column};
+use crate::record::RecordedEvent;
 
 use super::checkpoint::{Checkpoint, CheckpointItem};
 use super::key::PublicKey;
@@ -355,12 +355,12 @@ impl Export {
                 .fetch_one(pool)
                 .await?;
                 export.checkpoints_to = last.unwrap_or(0);
-                export.keys = keys_of_checkpoints(pool, from, export.checkpoints_to).await?;
+                export.keys = store::keys_of_checkpoints(pool, from, export.checkpoints_to).await?;
             }
             Some(tenant) => {
                 export.tenant_checkpoint = tenant_checkpoint(pool, tenant, from, to).await?;
                 if let Some(found) = &export.tenant_checkpoint {
-                    export.keys = keys_of_checkpoints(
+                    export.keys = store::keys_of_checkpoints(
                         pool,
                         found.checkpoint.position,
                         found.checkpoint.position,
@@ -791,54 +791,18 @@ fn envelope_of(
     .flatten();
     // The envelope's metadata is a map of strings. Metadata of another shape is still in
     // the canonical bytes, which are what the hash covers; the map is then left empty.
-    let mut envelope =
-        match proto::v1::EventEnvelope::without_payload(event.to_proto(), canonical.clone()) {
-            Ok(envelope) => envelope,
-            Err(_) => {
-                let mut record = event.to_proto();
-                record.metadata = serde_json::Value::Object(serde_json::Map::new());
-                proto::v1::EventEnvelope::without_payload(record, canonical).map_err(|err| {
-                    ExportError::Encode {
-                        position: event.global_position,
-                        problem: err.to_string(),
-                    }
-                })?
-            }
-        };
-    envelope.payload = typed.map(Into::into);
-    Ok(envelope)
-}
-
-/// The keys of the checkpoints with `from <= position <= to`.
-async fn keys_of_checkpoints(
-    pool: &PgPool,
-    from: i64,
-    to: i64,
-) -> Result<Vec<PublicKey>, ExportError> {
-    if to < from {
-        return Ok(Vec::new());
-    }
-    let rows = sqlx::query(
-        "SELECT k.public_key FROM audit_keys k
-          WHERE k.kid IN (SELECT DISTINCT kid FROM audit_checkpoints
-                           WHERE position BETWEEN $1 AND $2)
-          ORDER BY k.recorded_at DESC, k.kid",
-    )
-    .bind(from)
-    .bind(to)
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            let raw: Vec<u8> = row.try_get("public_key")?;
-            PublicKey::from_raw(&raw).map_err(|err| {
-                ExportError::Store(StoreError::Corrupt {
-                    column: "public_key",
-                    problem: err.to_string(),
-                })
-            })
+    crate::relay::envelope_of(event, canonical.clone(), typed.clone())
+        .or_else(|_| {
+            let plain = RecordedEvent {
+                metadata: serde_json::Value::Object(serde_json::Map::new()),
+                ..event.clone()
+            };
+            crate::relay::envelope_of(&plain, canonical, typed)
         })
-        .collect()
+        .map_err(|err| ExportError::Encode {
+            position: event.global_position,
+            problem: err.to_string(),
+        })
 }
 
 /// The latest checkpoint at or before `to` in which the tenant has a leaf, with the
@@ -853,31 +817,22 @@ async fn tenant_checkpoint(
     let Some(checkpoint) = store::checkpoint_at_or_before(pool, to).await? else {
         return Ok(None);
     };
-    let head = sqlx::query(
-        "SELECT global_position, hash FROM events
-          WHERE tenant_id = $1 AND global_position <= $2
-          ORDER BY global_position DESC LIMIT 1",
+    // The tenant's head there, by its index, before the heads of every chain are read.
+    let position: Option<i64> = sqlx::query_scalar(
+        "SELECT max(global_position) FROM events WHERE tenant_id = $1 AND global_position <= $2",
     )
     .bind(tenant)
     .bind(checkpoint.position)
-    .fetch_optional(pool)
+    .fetch_one(pool)
     .await?;
-    let Some(head) = head else {
-        return Ok(None);
-    };
-    let position: i64 = head.try_get("global_position")?;
-    if position < from {
+    if position.is_none_or(|position| position < from) {
         return Ok(None);
     }
     let heads = store::chain_heads_at(pool, checkpoint.position).await?;
     let Some(index) = heads.iter().position(|head| head.tenant_id == Some(tenant)) else {
         return Ok(None);
     };
-    let head = ChainHead {
-        tenant_id: Some(tenant),
-        position,
-        hash: digest_column(&head, "hash")?,
-    };
+    let head = heads[index];
     let leaves: Vec<Digest32> = heads.iter().map(ChainHead::leaf_hash).collect();
     let path = merkle::inclusion_proof(&leaves, index).unwrap_or_default();
     Ok(Some(TenantCheckpoint {

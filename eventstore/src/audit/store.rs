@@ -128,15 +128,38 @@ pub async fn public_keys<'e>(db: impl PgExecutor<'e>) -> Result<Vec<PublicKey>, 
     let rows = sqlx::query("SELECT public_key FROM audit_keys ORDER BY recorded_at DESC, kid")
         .fetch_all(db)
         .await?;
-    rows.iter()
-        .map(|row| {
-            let raw: Vec<u8> = row.try_get("public_key")?;
-            PublicKey::from_raw(&raw).map_err(|err| StoreError::Corrupt {
-                column: "public_key",
-                problem: err.to_string(),
-            })
-        })
-        .collect()
+    rows.iter().map(key_from_row).collect()
+}
+
+/// The keys that signed the checkpoints with `from <= position <= to`, the most recently
+/// recorded first.
+pub async fn keys_of_checkpoints<'e>(
+    db: impl PgExecutor<'e>,
+    from: i64,
+    to: i64,
+) -> Result<Vec<PublicKey>, StoreError> {
+    if to < from {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(
+        "SELECT k.public_key FROM audit_keys k
+          WHERE k.kid IN (SELECT DISTINCT kid FROM audit_checkpoints
+                           WHERE position BETWEEN $1 AND $2)
+          ORDER BY k.recorded_at DESC, k.kid",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(db)
+    .await?;
+    rows.iter().map(key_from_row).collect()
+}
+
+fn key_from_row(row: &PgRow) -> Result<PublicKey, StoreError> {
+    let raw: Vec<u8> = row.try_get("public_key")?;
+    PublicKey::from_raw(&raw).map_err(|err| StoreError::Corrupt {
+        column: "public_key",
+        problem: err.to_string(),
+    })
 }
 
 /// Records a key that signs checkpoints. Recording it again changes nothing.

@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 use sha2::{Digest as _, Sha256};
-use sqlx::{PgPool, Row as _};
+use sqlx::PgPool;
 
 use crate::reader::LogReader;
 use crate::verify::FaultReason;
@@ -1792,29 +1792,20 @@ async fn check_stored(
             format!("the checkpoint names position {position}, beyond the log head at {head}"),
         )));
     }
-    let row = sqlx::query("SELECT hash FROM events WHERE global_position = $1")
-        .bind(position)
-        .fetch_optional(pool)
-        .await
-        .map_err(crate::error::StoreError::from)?;
-    let Some(row) = row else {
+    let Some(hash) = super::store::hash_at(pool, position).await? else {
         return Ok(Some(Failure::at(
             position,
             Reason::Truncated,
             format!("the checkpoint names position {position}, which holds no event"),
         )));
     };
-    let bytes: Vec<u8> = row
-        .try_get("hash")
-        .map_err(crate::error::StoreError::from)?;
-    if bytes != checkpoint.head_hash.0 {
+    if hash != checkpoint.head_hash {
         return Ok(Some(Failure::at(
             position,
             Reason::Rewritten,
             format!(
-                "the checkpoint signs head {}, the event at {position} is {}",
-                checkpoint.head_hash,
-                hex::encode(bytes)
+                "the checkpoint signs head {}, the event at {position} is {hash}",
+                checkpoint.head_hash
             ),
         )));
     }

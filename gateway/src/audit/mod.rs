@@ -114,6 +114,16 @@ pub async fn start_checkpointer(
     })))
 }
 
+/// The configured signing key, which this command cannot do without.
+fn required_key(args: &AuditKeyArgs) -> Result<SigningKey> {
+    signing_key(args, None)?.with_context(|| {
+        format!(
+            "no audit key: give --audit-key or PLATFORM_AUDIT_KEY, or put one in {}",
+            args.audit_key_file.display()
+        )
+    })
+}
+
 fn keygen(output: &Path) -> Result<()> {
     let (key, pem) = SigningKey::generate()?;
     crate::app::create_private_file(output, pem.as_bytes())?;
@@ -126,22 +136,12 @@ fn keygen(output: &Path) -> Result<()> {
 }
 
 fn print_public_key(args: &AuditKeyArgs) -> Result<()> {
-    let key = signing_key(args, None)?.with_context(|| {
-        format!(
-            "no audit key: give --audit-key or PLATFORM_AUDIT_KEY, or put one in {}",
-            args.audit_key_file.display()
-        )
-    })?;
+    let key = required_key(args)?;
     print_json(key.public())
 }
 
 async fn checkpoint(database_url: &str, args: &AuditKeyArgs) -> Result<()> {
-    let key = signing_key(args, None)?.with_context(|| {
-        format!(
-            "no audit key: give --audit-key or PLATFORM_AUDIT_KEY, or put one in {}",
-            args.audit_key_file.display()
-        )
-    })?;
+    let key = required_key(args)?;
     let pool = crate::serve::app_pool(database_url).await?;
     let mut checkpointer = Checkpointer::new(pool, Arc::new(key), CheckpointerConfig::default());
     match checkpointer.checkpoint_now().await? {
