@@ -531,6 +531,22 @@ fn library_refusal(kind: &ErrorKind) -> TokenError {
     }
 }
 
+/// Whether claims hold at `now`: not expired, and not before their time, within the leeway.
+pub(crate) fn check_time(
+    claims: &AccessClaims,
+    policy: &TokenPolicy,
+    now: DateTime<Utc>,
+) -> Result<(), TokenError> {
+    let (now, leeway) = (now.timestamp(), policy.leeway_secs());
+    if now.saturating_sub(leeway) >= claims.exp {
+        return Err(TokenError::Expired);
+    }
+    if now.saturating_add(leeway) < claims.nbf || now.saturating_add(leeway) < claims.iat {
+        return Err(TokenError::NotYetValid);
+    }
+    Ok(())
+}
+
 /// The claims, typed, checked against the policy and the time.
 fn check_claims(
     claims: Map<String, Value>,
@@ -554,13 +570,7 @@ fn check_claims(
     if claims.aud != policy.audience {
         return Err(TokenError::WrongAudience);
     }
-    let (now, leeway) = (now.timestamp(), policy.leeway_secs());
-    if now.saturating_sub(leeway) >= claims.exp {
-        return Err(TokenError::Expired);
-    }
-    if now.saturating_add(leeway) < claims.nbf || now.saturating_add(leeway) < claims.iat {
-        return Err(TokenError::NotYetValid);
-    }
+    check_time(&claims, policy, now)?;
     let max_lifetime = i64::try_from(MAX_LIFETIME.as_secs()).unwrap_or(i64::MAX);
     if claims.nbf > claims.exp
         || claims.iat > claims.exp

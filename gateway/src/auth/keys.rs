@@ -352,7 +352,17 @@ struct Shared {
     policy: TokenPolicy,
     clock: Arc<dyn Clock>,
     keys: RwLock<Arc<KeySet>>,
+    /// Tokens whose signature checked out, with the key id that checked it.
+    verified: VerifiedTokens,
 }
+
+/// How many verified tokens a keyring remembers.
+const VERIFIED_TOKENS: usize = 16_384;
+
+/// Tokens whose signature checked out: the whole token is the key, so a token that differs in
+/// any byte is checked in full. A remembered token is still checked against the time and
+/// against its key still verifying, on every use.
+type VerifiedTokens = quick_cache::sync::Cache<Box<str>, Arc<(String, AccessClaims)>>;
 
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -399,6 +409,7 @@ impl Keyring {
                 policy,
                 clock,
                 keys: RwLock::new(Arc::new(keys)),
+                verified: VerifiedTokens::new(VERIFIED_TOKENS),
             }),
         })
     }
@@ -432,13 +443,31 @@ impl Keyring {
         })
     }
 
-    /// Verifies an access token: see [`crate::auth::jwt`] for every check, in order.
+    /// Verifies an access token: see [`crate::auth::jwt`] for every check, in order. The
+    /// Ed25519 check of a token seen before is not repeated: its claims are checked against
+    /// the time, and its key must still verify.
     pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
         let now = self.shared.clock.now();
         let keys = self.keys();
-        jwt::decode(token, &self.shared.policy, now, |kid| {
+        let policy = &self.shared.policy;
+        if let Some(known) = self.shared.verified.get(token) {
+            let (kid, claims) = known.as_ref();
+            if keys.verifier(kid, now).is_some() {
+                jwt::check_time(claims, policy, now)?;
+                return Ok(claims.clone());
+            }
+        }
+        let mut used = None;
+        let claims = jwt::decode(token, policy, now, |kid| {
+            used = Some(kid.to_owned());
             keys.verifier(kid, now)
-        })
+        })?;
+        if let Some(kid) = used {
+            self.shared
+                .verified
+                .insert(token.into(), Arc::new((kid, claims.clone())));
+        }
+        Ok(claims)
     }
 
     /// The JSON Web Key Set of every key that still verifies, newest first, for
