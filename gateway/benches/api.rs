@@ -164,6 +164,8 @@ impl Platform {
             token_issuer: "platform".into(),
             token_audience: "platform-api".into(),
             access_token_ttl: Duration::from_secs(15 * 60),
+            memory_ttl: Duration::from_secs(1),
+            answer_memory_mib: 64,
             master: MasterKeyArgs {
                 master_key: Some(MASTER_KEY.into()),
                 master_key_file: "/nonexistent/master.key".into(),

@@ -16,11 +16,13 @@ use projections::identity_hot::IdentityHot;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
+use crate::answers::Answers;
 use crate::auth::Authenticator;
 use crate::auth::jwt::TokenPolicy;
 use crate::auth::keys::{self, Keyring};
 use crate::cli::{GatewayArgs, KeysArgs, KeysCommand, MasterKeyArgs, Mode};
 use crate::feed::Feed;
+use crate::freshness::{Freshness, FreshnessTasks};
 use crate::graphql::{self, ApiConfig, Services};
 use crate::http::{self, AppState, Dependencies, HttpConfig};
 use crate::metrics::Metrics;
@@ -117,6 +119,7 @@ pub struct Gateway {
     pub state: AppState,
     keyring: Keyring,
     loader_task: LoaderTask,
+    freshness_tasks: Option<FreshnessTasks>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -155,7 +158,20 @@ pub async fn build_gateway_with_limits(
         .await
         .context("cannot load the access-token signing keys")?;
     let hot = IdentityHot::new(parts.redis.clone(), parts.redis_prefix);
-    let auth = Authenticator::new(keyring.clone(), hot, pool.clone(), repository, clock);
+    let freshness = Freshness::new();
+    let auth = Authenticator::new(
+        keyring.clone(),
+        hot.clone(),
+        pool.clone(),
+        repository,
+        clock,
+    )
+    .with_memory(freshness.clone(), args.memory_ttl);
+    let answers = Answers::new(
+        args.answer_memory_mib.saturating_mul(1024 * 1024),
+        args.memory_ttl,
+        freshness.clone(),
+    );
     let relay = RelayConfig {
         subject_prefix: parts.nats_prefix.to_owned(),
         stream: crate::serve::stream_name(parts.nats_prefix),
@@ -176,6 +192,8 @@ pub async fn build_gateway_with_limits(
             parts.nats.clone(),
             crate::feed::FeedConfig::for_relay(&relay),
         ),
+        freshness: freshness.clone(),
+        answers,
         config: ApiConfig {
             introspection: args.introspection.unwrap_or(!production),
             access_token_lifetime: args.access_token_ttl,
@@ -195,10 +213,20 @@ pub async fn build_gateway_with_limits(
             ..HttpConfig::default()
         },
     };
+    // Changes are followed only when something is remembered.
+    let freshness_tasks = (!args.memory_ttl.is_zero()).then(|| {
+        freshness.spawn(
+            state.dependencies.nats.clone(),
+            parts.nats_prefix,
+            pool.clone(),
+            hot,
+        )
+    });
     Ok(Gateway {
         state,
         keyring,
         loader_task,
+        freshness_tasks,
     })
 }
 
@@ -215,6 +243,7 @@ pub async fn serve_gateway(gateway: Gateway, addr: SocketAddr) -> Result<(Runnin
         state,
         keyring,
         loader_task,
+        freshness_tasks,
     } = gateway;
     let usage = state
         .services
@@ -240,6 +269,7 @@ pub async fn serve_gateway(gateway: Gateway, addr: SocketAddr) -> Result<(Runnin
             tracing::error!("the HTTP server failed: {err}");
         }
         refresher.abort();
+        drop(freshness_tasks);
         usage.stop().await;
         loader_task.abort();
     });

@@ -222,6 +222,20 @@ pub struct GatewayArgs {
     )]
     pub access_token_ttl: Duration,
 
+    /// How long what a credential proved, and a query's answer, may be served from memory
+    /// while the tenant's read models have not changed; `0s` turns the memory off.
+    #[arg(
+        long,
+        env = "PLATFORM_MEMORY_TTL",
+        default_value = "1s",
+        value_parser = humantime::parse_duration
+    )]
+    pub memory_ttl: Duration,
+
+    /// The most query answers kept in memory, in MiB; `0` keeps none.
+    #[arg(long, env = "PLATFORM_ANSWER_MEMORY_MIB", default_value_t = 64)]
+    pub answer_memory_mib: u64,
+
     /// The master key.
     #[command(flatten)]
     pub master: MasterKeyArgs,

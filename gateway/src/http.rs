@@ -15,6 +15,7 @@ use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::{BatchRequest, BatchResponse, Data, ErrorExtensionValues, ServerError};
 use async_graphql_axum::{GraphQLBatchRequest, GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -25,6 +26,7 @@ use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::answers::Question;
 use crate::auth::{Caller, Credential, Presented};
 use crate::error::{ApiError, Code};
 use crate::graphql::{ApiSchema, RequestContext, Services};
@@ -191,16 +193,15 @@ pub(crate) fn annotate(response: &mut async_graphql::Response, request_id: Uuid)
     }
 }
 
-/// Resolves the caller of a request, and counts it against the API rate limits. The
-/// caller's permissions are looked up at the same time as the rate limit (both in Redis, on
-/// one pipelined connection), since nearly every field needs them.
+/// Resolves the caller of a request and its permissions (nearly every field needs them), and
+/// counts the request against the API rate limits.
 pub(crate) async fn caller_of(
     state: &AppState,
     headers: &HeaderMap,
     client_ip: Option<IpAddr>,
 ) -> Result<(Caller, Option<PermissionSet>), ApiError> {
     let presented = Presented::from_headers(headers)?;
-    let caller = state.services.auth.authenticate(&presented).await?;
+    let (caller, permissions) = state.services.auth.authorize(&presented).await?;
     let limits = &state.services.limits;
     let (policy, subject) = match &caller {
         Caller::Authenticated(caller) => match &caller.credential {
@@ -212,17 +213,7 @@ pub(crate) async fn caller_of(
             client_ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
         ),
     };
-    let permissions = async {
-        match &caller {
-            Caller::Authenticated(caller) => {
-                state.services.auth.permissions(caller).await.map(Some)
-            }
-            Caller::Anonymous => Ok(None),
-        }
-    };
-    let (decision, permissions) =
-        tokio::join!(state.services.limiter.check(policy, &subject), permissions);
-    match decision {
+    match state.services.limiter.check(policy, &subject).await {
         Ok(decision) if !decision.allowed => {
             state.services.metrics.record_rate_limited(policy.name);
             return Err(ApiError::rate_limited(policy.name, decision.retry_after));
@@ -233,7 +224,7 @@ pub(crate) async fn caller_of(
         }
         Err(err) => return Err(ApiError::internal(err)),
     }
-    Ok((caller, permissions?))
+    Ok((caller, permissions))
 }
 
 async fn graphql_post(State(state): State<AppState>, request: Request) -> Response {
@@ -257,9 +248,8 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
             return refused(&err, request_id);
         }
     };
-    let fingerprint = idempotency::fingerprint(&bytes);
-    let request = Request::from_parts(parts, axum::body::Body::from(bytes));
-    let batch =
+    let request = Request::from_parts(parts, axum::body::Body::from(bytes.clone()));
+    let mut batch =
         match GraphQLBatchRequest::<async_graphql_axum::rejection::GraphQLRejection>::from_request(
             request, &state,
         )
@@ -293,10 +283,31 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
         Ok(found) => found,
         Err(err) => return refused(&err, request_id),
     };
+    // A signed-in caller's query asked a moment ago is answered from memory, while its
+    // tenant's read models have not changed.
+    let question = match (&state.services.answers, &caller, permissions) {
+        (Some(answers), Caller::Authenticated(caller), Some(permissions))
+            if matches!(batch, BatchRequest::Single(_)) =>
+        {
+            let question = Question {
+                tenant: caller.tenant_id,
+                principal: caller.principal.to_string(),
+                permissions,
+                body: bytes.clone(),
+            };
+            if let Some(answer) = answers.recall(&question) {
+                state.services.metrics.record_remembered_answer();
+                return graphql_body(answer);
+            }
+            Some((answers, question))
+        }
+        _ => None,
+    };
+    let kinds = operation_kinds(&mut batch);
     let idempotency_key = header_text(&headers, IDEMPOTENCY_KEY);
     // A signed-in caller's keyed mutation runs once; a retry gets the first answer.
     let keyed = match (&caller, &idempotency_key) {
-        (Caller::Authenticated(caller), Some(key)) if has_mutation(&batch) => {
+        (Caller::Authenticated(caller), Some(key)) if kinds.mutation => {
             if matches!(batch, BatchRequest::Batch(_)) {
                 let err = ApiError::new(
                     Code::BadUserInput,
@@ -316,7 +327,7 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
             &services.secrets,
             actor,
             key,
-            &fingerprint,
+            &idempotency::fingerprint(&bytes),
             chrono::Utc::now(),
         )
         .await
@@ -338,6 +349,14 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
         )
         .with_permissions(permissions),
     );
+    // Stamped before the query runs, so that a change while it runs ends the answer.
+    let remember = question
+        .filter(|_| kinds.only_queries)
+        .and_then(|(answers, question)| {
+            answers
+                .stamp(question.tenant)
+                .map(|stamp| (answers, question, stamp))
+        });
     let mut response = state.schema.execute_batch(batch.data(context)).await;
     match &mut response {
         BatchResponse::Single(single) => record(single, request_id),
@@ -367,22 +386,72 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
             let _ = idempotency::release(&services.pool, actor, key).await;
         }
     }
+    if let (Some((answers, question, stamp)), BatchResponse::Single(single)) = (remember, &response)
+        && single.errors.is_empty()
+        && single.http_headers.is_empty()
+        && single.cache_control.value().is_none()
+    {
+        match serde_json::to_vec(single) {
+            Ok(body) => {
+                let body = Bytes::from(body);
+                answers.keep(question, stamp, body.clone());
+                return graphql_body(body);
+            }
+            Err(err) => return refused(&ApiError::internal(err), request_id),
+        }
+    }
     GraphQLResponse::from(response).into_response()
 }
 
-/// Whether any operation of the request is a mutation.
-fn has_mutation(batch: &BatchRequest) -> bool {
-    let is_mutation = |request: &async_graphql::Request| {
-        async_graphql::parser::parse_query(&request.query).is_ok_and(|document| {
-            document.operations.iter().any(|(_, operation)| {
-                operation.node.ty == async_graphql::parser::types::OperationType::Mutation
-            })
-        })
+/// A GraphQL response of `body`, as async-graphql's axum integration sends one.
+fn graphql_body(body: Bytes) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/graphql-response+json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// What kinds of operation a request holds.
+#[derive(Debug, Clone, Copy)]
+struct OperationKinds {
+    /// Some operation is a mutation.
+    mutation: bool,
+    /// Every operation of every document is a query (and every document parses).
+    only_queries: bool,
+}
+
+/// The kinds of operation of the request's documents, each parsed once: execution uses the
+/// same parse.
+fn operation_kinds(batch: &mut BatchRequest) -> OperationKinds {
+    use async_graphql::parser::types::OperationType;
+    let mut kinds = OperationKinds {
+        mutation: false,
+        only_queries: true,
+    };
+    let mut look = |request: &mut async_graphql::Request| match request.parsed_query() {
+        Ok(document) => {
+            for (_, operation) in document.operations.iter() {
+                match operation.node.ty {
+                    OperationType::Query => {}
+                    OperationType::Mutation => {
+                        kinds.mutation = true;
+                        kinds.only_queries = false;
+                    }
+                    OperationType::Subscription => kinds.only_queries = false,
+                }
+            }
+        }
+        Err(_) => kinds.only_queries = false,
     };
     match batch {
-        BatchRequest::Single(request) => is_mutation(request),
-        BatchRequest::Batch(requests) => requests.iter().any(is_mutation),
+        BatchRequest::Single(request) => look(request),
+        BatchRequest::Batch(requests) => requests.iter_mut().for_each(look),
     }
+    kinds
 }
 
 fn record(response: &mut async_graphql::Response, request_id: Uuid) {

@@ -6,12 +6,14 @@
 //! machine where PostgreSQL, NATS and Redis run locally, so that a clean clone starts with
 //! no configuration at all. Only this crate knows HTTP and GraphQL.
 
+pub mod answers;
 pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod feed;
+pub mod freshness;
 pub mod graphiql;
 pub mod graphql;
 pub mod http;

@@ -166,6 +166,7 @@ struct Inner {
     http_requests: Family<RouteStatus, Counter>,
     http_request_duration: DurationHistograms,
     graphql_operations: Family<GraphqlLabels, Counter>,
+    graphql_remembered_answers: Counter,
     commands: Family<CommandLabels, Counter>,
     rate_limited: Family<PolicyLabel, Counter>,
     relay_acked_position: Gauge,
@@ -207,6 +208,12 @@ impl Metrics {
             "graphql_operations",
             "GraphQL operations executed, by type and outcome",
             graphql_operations.clone(),
+        );
+        let graphql_remembered_answers = Counter::default();
+        registry.register(
+            "graphql_remembered_answers",
+            "Query answers served from memory, without running the query again",
+            graphql_remembered_answers.clone(),
         );
         let commands = Family::<CommandLabels, Counter>::default();
         registry.register(
@@ -263,6 +270,7 @@ impl Metrics {
                 http_requests,
                 http_request_duration,
                 graphql_operations,
+                graphql_remembered_answers,
                 commands,
                 rate_limited,
                 relay_acked_position,
@@ -306,6 +314,11 @@ impl Metrics {
                 outcome,
             })
             .inc();
+    }
+
+    /// Counts a query answered from memory.
+    pub fn record_remembered_answer(&self) {
+        self.inner.graphql_remembered_answers.inc();
     }
 
     /// Counts a handled command by its name (such as `login`).

@@ -565,6 +565,11 @@ impl IdentityHot {
         }
     }
 
+    /// The position the live model stands at; `None` while Redis holds no live model.
+    pub async fn position(&self) -> Result<Option<i64>, ProjectionError> {
+        self.reader.position().await
+    }
+
     /// The API keys whose display prefix (the key's first 12 characters) is `prefix`.
     pub async fn api_keys(&self, prefix: &str) -> Result<Lookup<Vec<HotApiKey>>, ProjectionError> {
         Ok(match self.reader.hash(&api_key_key(prefix)).await? {

@@ -1120,6 +1120,16 @@ impl ModelReader {
         })
     }
 
+    /// The position the live model stands at; `None` when Redis holds no live model of
+    /// this version.
+    pub async fn position(&self) -> Result<Option<i64>, ProjectionError> {
+        let answer = self.read("", "position").await?;
+        Ok(match Self::found(&answer, |_| Some(()))? {
+            Lookup::Found { position, .. } => Some(position),
+            Lookup::Unavailable => None,
+        })
+    }
+
     /// One field of the hash `key` of the live model.
     pub async fn field(&self, key: &str, field: &str) -> Result<Lookup<String>, ProjectionError> {
         if field.is_empty() {

@@ -6,6 +6,12 @@
 //! Redis has no live model, so a revoked session or key stops working as soon as the models
 //! have applied the revocation, which is well under a second.
 //!
+//! What a credential proved (the caller and its permissions) is remembered for a moment
+//! ([`Authenticator::with_memory`]), stamped with its tenant's generation
+//! ([`crate::freshness`]): an event of the tenant (a revocation, a role change) or the
+//! time to live ends it, so a repeated request costs no round trip to Redis or PostgreSQL and
+//! a revocation still takes effect as soon as the models apply it.
+//!
 //! The key decision: the tenant always comes from the credential. Resolvers take it from
 //! the [`Caller`], never from an argument, and every permission is checked against the
 //! caller's effective permissions in that tenant (narrowed to an API key's scopes).
@@ -14,6 +20,7 @@ pub mod jwt;
 pub mod keys;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use commands::bus::{EventLog, UnitOfWork};
@@ -30,6 +37,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::freshness::{Freshness, Stamp};
 use domain::identity::values::{ServiceAccountId, UserId};
 use jwt::{AccessGrant, PrincipalKind};
 use keys::Keyring;
@@ -114,6 +122,60 @@ pub struct Authenticator<L> {
     pool: PgPool,
     log: L,
     clock: Arc<dyn commands::identity::Clock>,
+    memory: Option<Memory>,
+}
+
+/// How many credentials an authenticator remembers.
+const REMEMBERED_CREDENTIALS: usize = 16_384;
+
+/// What identifies a credential in memory: an access token's id (its `jti`, signed, so only
+/// a token that verified has it), or an API key's hash.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum CredentialKey {
+    Token(Uuid),
+    ApiKey(domain::identity::credentials::SecretHash),
+}
+
+/// What a credential proved, and until when it may be served.
+struct Proved {
+    caller: Authenticated,
+    permissions: PermissionSet,
+    stamp: Stamp,
+    filled: Instant,
+}
+
+/// Credentials proved a moment ago.
+#[derive(Clone)]
+struct Memory {
+    proved: Arc<quick_cache::sync::Cache<CredentialKey, Arc<Proved>>>,
+    freshness: Freshness,
+    ttl: Duration,
+}
+
+impl Memory {
+    fn recall(&self, key: &CredentialKey) -> Option<Arc<Proved>> {
+        self.proved.get(key).filter(|proved| {
+            proved.filled.elapsed() < self.ttl && self.freshness.holds(&proved.stamp)
+        })
+    }
+
+    fn keep(
+        &self,
+        key: CredentialKey,
+        caller: &Authenticated,
+        permissions: PermissionSet,
+        stamp: Stamp,
+    ) {
+        self.proved.insert(
+            key,
+            Arc::new(Proved {
+                caller: caller.clone(),
+                permissions,
+                stamp,
+                filled: Instant::now(),
+            }),
+        );
+    }
 }
 
 impl<L> std::fmt::Debug for Authenticator<L> {
@@ -168,6 +230,11 @@ impl Presented {
     }
 }
 
+fn parse_api_key(text: &str) -> Result<ApiKeySecret, ApiError> {
+    ApiKeySecret::parse(text)
+        .map_err(|err| ApiError::unauthenticated("malformed_api_key", format!("the API key {err}")))
+}
+
 fn malformed() -> ApiError {
     ApiError::unauthenticated(
         "malformed_credential",
@@ -200,7 +267,20 @@ impl<L: EventLog + Clone> Authenticator<L> {
             pool,
             log,
             clock,
+            memory: None,
         }
+    }
+
+    /// The same authenticator, remembering what each credential proved for at most `ttl`,
+    /// while `freshness` shows no change of its tenant.
+    #[must_use]
+    pub fn with_memory(mut self, freshness: Freshness, ttl: Duration) -> Self {
+        self.memory = (!ttl.is_zero()).then(|| Memory {
+            proved: Arc::new(quick_cache::sync::Cache::new(REMEMBERED_CREDENTIALS)),
+            freshness,
+            ttl,
+        });
+        self
     }
 
     /// Where API keys' uses gather until they are written.
@@ -237,21 +317,96 @@ impl<L: EventLog + Clone> Authenticator<L> {
         Ok((issued.token, issued.claims.exp - issued.claims.iat))
     }
 
+    /// Checks a presented credential and finds the caller's permissions: what every request
+    /// needs first. A credential proved a moment ago is answered from memory while its
+    /// tenant has not changed.
+    pub async fn authorize(
+        &self,
+        presented: &Presented,
+    ) -> Result<(Caller, Option<PermissionSet>), ApiError> {
+        let Some(memory) = &self.memory else {
+            let caller = self.authenticate(presented).await?;
+            let permissions = match &caller {
+                Caller::Authenticated(caller) => Some(self.permissions(caller).await?),
+                Caller::Anonymous => None,
+            };
+            return Ok((caller, permissions));
+        };
+        match presented {
+            Presented::Nothing => Ok((Caller::Anonymous, None)),
+            Presented::Token(token) => {
+                let claims = self
+                    .keyring
+                    .verify(token)
+                    .map_err(|err| ApiError::unauthenticated(err.reason(), err.to_string()))?;
+                let key = CredentialKey::Token(claims.jti);
+                if let Some(proved) = memory.recall(&key) {
+                    return Ok((
+                        Caller::Authenticated(proved.caller.clone()),
+                        Some(proved.permissions),
+                    ));
+                }
+                // Stamped before the reads, so that a change during them ends the entry.
+                let stamp = memory.freshness.stamp(claims.tid);
+                let caller = self.check_claims(claims).await?;
+                let permissions = self.permissions(&caller).await?;
+                if let Some(stamp) = stamp {
+                    memory.keep(key, &caller, permissions, stamp);
+                }
+                Ok((Caller::Authenticated(caller), Some(permissions)))
+            }
+            Presented::ApiKey(text) => {
+                let secret = parse_api_key(text)?;
+                let key = CredentialKey::ApiKey(secret.hash());
+                if let Some(proved) = memory.recall(&key) {
+                    self.record_use(&proved.caller);
+                    return Ok((
+                        Caller::Authenticated(proved.caller.clone()),
+                        Some(proved.permissions),
+                    ));
+                }
+                // The key's tenant is known only once it is read: the entry is kept only if no
+                // generation moved during the reads.
+                let changes = memory.freshness.changes();
+                let caller = self.api_key_holder(&secret).await?;
+                let permissions = self.permissions(&caller).await?;
+                if let Some(stamp) = memory.freshness.stamp(caller.tenant_id)
+                    && memory.freshness.changes() == changes
+                {
+                    memory.keep(key, &caller, permissions, stamp);
+                }
+                Ok((Caller::Authenticated(caller), Some(permissions)))
+            }
+        }
+    }
+
+    fn record_use(&self, caller: &Authenticated) {
+        if let Credential::ApiKey { key_id, .. } = caller.credential {
+            self.usage
+                .record(key_id, caller.tenant_id, self.clock.now());
+        }
+    }
+
+    /// An API key's caller, whose holder must still be active.
+    async fn api_key_holder(&self, secret: &ApiKeySecret) -> Result<Authenticated, ApiError> {
+        let caller = self.api_key(secret).await?;
+        // The key's holder must still be active: a deactivated or forgotten user's keys stop
+        // working with them.
+        self.check_principal(&caller.principal, None).await?;
+        self.record_use(&caller);
+        Ok(caller)
+    }
+
     /// Checks a presented credential.
     pub async fn authenticate(&self, presented: &Presented) -> Result<Caller, ApiError> {
         match presented {
             Presented::Nothing => Ok(Caller::Anonymous),
             Presented::Token(token) => self.access_token(token).await.map(Caller::Authenticated),
             Presented::ApiKey(key) => {
-                let caller = self.api_key(key).await?;
-                // The key's holder must still be active: a deactivated or forgotten user's
-                // keys stop working with them.
-                self.check_principal(&caller.principal, None).await?;
-                if let Credential::ApiKey { key_id, .. } = caller.credential {
-                    self.usage
-                        .record(key_id, caller.tenant_id, self.clock.now());
-                }
-                Ok(Caller::Authenticated(caller))
+                let secret = parse_api_key(key)?;
+                self.api_key_holder(&secret)
+                    .await
+                    .map(Caller::Authenticated)
             }
         }
     }
@@ -261,6 +416,11 @@ impl<L: EventLog + Clone> Authenticator<L> {
             .keyring
             .verify(token)
             .map_err(|err| ApiError::unauthenticated(err.reason(), err.to_string()))?;
+        self.check_claims(claims).await
+    }
+
+    /// The caller of verified claims, whose session and principal must still hold.
+    async fn check_claims(&self, claims: jwt::AccessClaims) -> Result<Authenticated, ApiError> {
         let principal = match claims.pkind {
             PrincipalKind::User => Principal::User(UserId::from_uuid(claims.sub)),
             PrincipalKind::ServiceAccount => {
@@ -358,10 +518,7 @@ impl<L: EventLog + Clone> Authenticator<L> {
         Ok(())
     }
 
-    async fn api_key(&self, text: &str) -> Result<Authenticated, ApiError> {
-        let secret = ApiKeySecret::parse(text).map_err(|err| {
-            ApiError::unauthenticated("malformed_api_key", format!("the API key {err}"))
-        })?;
+    async fn api_key(&self, secret: &ApiKeySecret) -> Result<Authenticated, ApiError> {
         let presented = secret.hash();
         let now = self.clock.now();
         let candidates = match self.hot.api_keys(&secret.display_prefix()).await {
@@ -407,7 +564,7 @@ impl<L: EventLog + Clone> Authenticator<L> {
                     },
                 })
             }
-            None => self.api_key_from_log(&secret, now).await,
+            None => self.api_key_from_log(secret, now).await,
         }
     }
 

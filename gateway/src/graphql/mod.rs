@@ -27,9 +27,11 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
+use crate::answers::Answers;
 use crate::auth::{Authenticated, Authenticator, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::feed::Feed;
+use crate::freshness::Freshness;
 use crate::metrics::Metrics;
 use crate::ratelimit::{Limits, RateLimiter};
 
@@ -102,6 +104,10 @@ pub struct Services {
     pub metrics: Metrics,
     /// The event feed behind subscriptions.
     pub feed: Feed,
+    /// Which remembered answers still hold.
+    pub freshness: Freshness,
+    /// Query answers remembered for a moment; `None` when turned off.
+    pub answers: Option<Answers>,
     /// How the API behaves.
     pub config: ApiConfig,
 }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::Request;
 use super::types::{Consistency, Outcome};
-use crate::auth::Credential;
+use crate::auth::{Caller, Credential};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::CommandOutcome;
 use crate::ratelimit::{Policy, RateLimitError, account_subject};
@@ -253,9 +253,20 @@ impl Request<'_> {
             return Ok(false);
         }
         let timeout = self.services.config.consistency_timeout;
-        projections::runner::wait_for_position(&self.services.pool, "identity", position, timeout)
-            .await
-            .map_err(ApiError::internal)
+        let reached = projections::runner::wait_for_position(
+            &self.services.pool,
+            "identity",
+            position,
+            timeout,
+        )
+        .await
+        .map_err(ApiError::internal)?;
+        // The caller's next read must see the write, whatever was remembered before it.
+        match &self.context.caller {
+            Caller::Authenticated(caller) => self.services.freshness.changed(caller.tenant_id),
+            Caller::Anonymous => self.services.freshness.reset(),
+        }
+        Ok(reached)
     }
 
     async fn done(

@@ -11,7 +11,7 @@ use crate::{PASSWORD, TestApp, code};
 const ME: &str = "{ me { principal tenantId permissions user { id email name status } } }";
 
 /// Polls `check` until it holds, or fails after `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+pub(crate) async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

@@ -8,6 +8,7 @@ mod audit;
 mod auth;
 mod history;
 mod limits;
+mod memory;
 mod public_key;
 mod queries;
 mod shredding;
@@ -96,6 +97,8 @@ impl TestApp {
             token_issuer: "platform".into(),
             token_audience: "platform-api".into(),
             access_token_ttl: Duration::from_secs(15 * 60),
+            memory_ttl: Duration::from_secs(1),
+            answer_memory_mib: 64,
             master: MasterKeyArgs {
                 master_key: Some(MASTER_KEY.into()),
                 master_key_file: "/nonexistent/master.key".into(),

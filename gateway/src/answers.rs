@@ -1,0 +1,131 @@
+//! Answers to queries, remembered for a moment.
+//!
+//! A query's answer depends on who asks (tenant, principal, effective permissions), on the
+//! request (the query, its variables and operation name: the request body), and on the read
+//! models of the asker's tenant. An answer is kept under the first two and stamped with the
+//! tenant's generation ([`crate::freshness`]) taken before the query ran; it is served again
+//! while that generation holds and its time to live has not passed. Only answers without
+//! errors to requests whose every operation is a query are kept: a mutation or a subscription
+//! never is, and neither is an answer that depends on the request (an error carries the
+//! request id).
+//!
+//! The memory is bounded in bytes (each answer weighs its body and its key); the least useful
+//! answers go first.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use domain::identity::rbac::PermissionSet;
+use quick_cache::Weighter;
+use uuid::Uuid;
+
+use crate::freshness::{Freshness, Stamp};
+
+/// Who asked what.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Question {
+    /// The asker's tenant.
+    pub tenant: Uuid,
+    /// The asker (`user:<id>`, `service_account:<id>`).
+    pub principal: String,
+    /// The asker's effective permissions (narrowed to an API key's scopes).
+    pub permissions: PermissionSet,
+    /// The request body.
+    pub body: Bytes,
+}
+
+/// A remembered answer.
+#[derive(Debug)]
+pub struct Answer {
+    /// The response body.
+    pub body: Bytes,
+    stamp: Stamp,
+    filled: Instant,
+}
+
+#[derive(Clone)]
+struct BySize;
+
+impl Weighter<Question, Arc<Answer>> for BySize {
+    fn weight(&self, question: &Question, answer: &Arc<Answer>) -> u64 {
+        (question.body.len() + question.principal.len() + answer.body.len() + 128) as u64
+    }
+}
+
+/// Answers to queries, bounded in bytes.
+#[derive(Clone)]
+pub struct Answers {
+    cache: Arc<quick_cache::sync::Cache<Question, Arc<Answer>, BySize>>,
+    freshness: Freshness,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for Answers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answers")
+            .field("answers", &self.cache.len())
+            .field("bytes", &self.cache.weight())
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An answer's size is only known once it is made; this is the guess the cache sizes its
+/// tables with.
+const TYPICAL_ANSWER: u64 = 2_048;
+
+impl Answers {
+    /// Answers of at most `bytes` in all, each served for at most `ttl`; `None` when either
+    /// is zero (remembering nothing).
+    pub fn new(bytes: u64, ttl: Duration, freshness: Freshness) -> Option<Self> {
+        if bytes == 0 || ttl.is_zero() {
+            return None;
+        }
+        let items = usize::try_from((bytes / TYPICAL_ANSWER).max(16)).unwrap_or(usize::MAX);
+        Some(Self {
+            cache: Arc::new(quick_cache::sync::Cache::with_weighter(
+                items, bytes, BySize,
+            )),
+            freshness,
+            ttl,
+        })
+    }
+
+    /// The answer to `question`, if one is remembered and still holds.
+    pub fn recall(&self, question: &Question) -> Option<Bytes> {
+        let answer = self.cache.get(question)?;
+        if answer.filled.elapsed() < self.ttl && self.freshness.holds(&answer.stamp) {
+            Some(answer.body.clone())
+        } else {
+            None
+        }
+    }
+
+    /// The stamp to keep an answer to a query of `tenant` with: taken before the query runs.
+    pub fn stamp(&self, tenant: Uuid) -> Option<Stamp> {
+        self.freshness.stamp(tenant)
+    }
+
+    /// Keeps `body` as the answer to `question`, read under `stamp`.
+    pub fn keep(&self, question: Question, stamp: Stamp, body: Bytes) {
+        self.cache.insert(
+            question,
+            Arc::new(Answer {
+                body,
+                stamp,
+                filled: Instant::now(),
+            }),
+        );
+    }
+
+    /// How many answers are remembered.
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Whether no answer is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+}
