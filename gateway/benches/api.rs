@@ -42,7 +42,9 @@
 //! `BENCH_CONCURRENCY` (default 32), `BENCH_SECONDS` (default 5), `BENCH_ROUNDS` (default 5),
 //! `BENCH_RATE` (default 500), `BENCH_OPEN_SECONDS` (default 10), `BENCH_TENANTS` (default
 //! 64), `BENCH_POOL` (the application pool, default 16), `BENCH_PARTS` (default
-//! `reads,login,mutation,open`).
+//! `reads,login,mutation,open`), `BENCH_MEMORY_MS` (the gateway's `--memory-ttl` in
+//! milliseconds, default 1000 as in the product; 0 turns the memory of credentials and
+//! answers off, so that every read runs its query).
 
 #![allow(
     clippy::unwrap_used,
@@ -164,7 +166,7 @@ impl Platform {
             token_issuer: "platform".into(),
             token_audience: "platform-api".into(),
             access_token_ttl: Duration::from_secs(15 * 60),
-            memory_ttl: Duration::from_secs(1),
+            memory_ttl: Duration::from_millis(env("BENCH_MEMORY_MS", 1_000)),
             answer_memory_mib: 64,
             master: MasterKeyArgs {
                 master_key: Some(MASTER_KEY.into()),
@@ -736,8 +738,9 @@ async fn main() {
     }
 
     println!(
-        "gateway benchmark: {concurrency} workers, {seconds} s per system in {rounds} interleaved slices after {} s of warm-up; open loop at {rate}/s for {open_seconds} s; renameTenant over {tenants} tenants; application pool of {pool} connections",
-        WARM_UP.as_secs()
+        "gateway benchmark: {concurrency} workers, {seconds} s per system in {rounds} interleaved slices after {} s of warm-up; open loop at {rate}/s for {open_seconds} s; renameTenant over {tenants} tenants; application pool of {pool} connections; memory of credentials and answers {} ms",
+        WARM_UP.as_secs(),
+        env("BENCH_MEMORY_MS", 1_000)
     );
     println!("load average (1, 5, 15 min) at the start: {load_at_start}");
     println!(
