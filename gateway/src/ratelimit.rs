@@ -12,28 +12,7 @@
 //! attacker cannot buy unlimited password guesses by taking Redis down; the gateway answers
 //! `RATE_LIMITED`. API traffic fails open with a warning in the log, so a Redis outage does
 //! not become an API outage.
-//!
-//! # Leases
-//!
-//! One Redis round trip per request is most of what a cached read costs, so a policy fast
-//! enough to matter is checked from leases. Its lease size is `n` = the cells its rate
-//! refills in [`LEASE_WINDOW`] (10 ms), at most its burst and [`MAX_LEASE`] (see
-//! [`Policy::lease_size`]). When `n` is at most 1, as for login, MFA and the default API
-//! limits, every check is one script call, exactly judged. Otherwise a check whose bucket
-//! has an empty or expired lease asks Redis for `n` cells at once (the script's `cost`): the
-//! request takes one and the process keeps the other `n - 1` for `n` emission intervals
-//! (about 10 ms), during which checks of that bucket are answered in-process. When Redis
-//! refuses `n` cells the check asks again for one, so a client close to its limit is judged
-//! exactly, and until `n` cells are free again its checks ask for one cell each. One check
-//! per bucket at a time asks for a lease; the others wait for it and take from the lease it
-//! brings. Unused cells of an expired lease are dropped, and the leases are a bounded cache.
-//!
-//! The trade-off: a process may hold up to 10 ms of a subject's rate that it does not use.
-//! With several gateway processes a subject can be refused slightly early, while another
-//! process holds cells; it is never allowed more than the limit, as every request allowed
-//! took a cell Redis granted.
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -55,40 +34,22 @@ const WARNING_INTERVAL: Duration = Duration::from_secs(5);
 /// The least a client is told to wait when the limiter itself is unavailable.
 const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// How much of a policy's rate one lease holds: the cells the rate refills in this window.
-pub const LEASE_WINDOW: Duration = Duration::from_millis(10);
-
-/// The most cells one lease holds, whatever the rate.
-pub const MAX_LEASE: u32 = 1_000;
-
-/// The longest a lease lives, whatever the policy.
-const MAX_LEASE_LIFE: Duration = Duration::from_secs(1);
-
-/// How many buckets the process keeps leases for; the least recently useful are dropped,
-/// and with them their unused cells.
-const LEASE_CAPACITY: usize = 16_384;
-
 /// Generic cell rate algorithm, after the formulation of rwz/redis-gcra
 /// (`vendor/perform_gcra_ratelimit.lua`, also the script of go-redis/redis_rate): with an
 /// emission interval `T = period / rate` and a tolerance `burst * T`, a request is allowed when
 /// `max(TAT, now) + T - burst * T <= now`, and then `max(TAT, now) + T` becomes the new TAT.
 /// Differences: time is the server's `TIME` in milliseconds (Redis 7 replicates a script's
 /// effects, not the script, so reading the clock is allowed), the TAT is stored with a `PX`
-/// expiry at the moment the bucket is full again, the remaining count is rounded down, a
-/// denied request writes nothing, and a request may take several cells at once (a lease):
-/// with a cost `c`, it is allowed when `max(TAT, now) + c * T - burst * T <= now`, and then
-/// `max(TAT, now) + c * T` becomes the new TAT.
+/// expiry at the moment the bucket is full again, the remaining count is rounded down, and a
+/// denied request writes nothing.
 ///
-/// KEYS[1]: the bucket. ARGV: rate (cells per period), period in ms, burst (cells), cost
-/// (cells taken, 1 when absent).
-/// Returns `{allowed (0|1), remaining, retry_after_ms, reset_after_ms}`; when denied,
-/// `retry_after_ms` is the wait until `cost` cells are free.
+/// KEYS[1]: the bucket. ARGV: rate (cells per period), period in ms, burst (cells).
+/// Returns `{allowed (0|1), remaining, retry_after_ms, reset_after_ms}`.
 const GCRA: &str = r"
 local key = KEYS[1]
 local rate = tonumber(ARGV[1])
 local period = tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
-local cost = tonumber(ARGV[4]) or 1
 
 local emission = period / rate
 local tolerance = emission * burst
@@ -102,7 +63,7 @@ if stored then
   tat = math.max(tonumber(stored) or now, now)
 end
 
-local new_tat = tat + emission * cost
+local new_tat = tat + emission
 local diff = now - (new_tat - tolerance)
 
 if diff < 0 then
@@ -171,24 +132,6 @@ impl Policy {
     /// The time between two requests at the sustained rate.
     pub fn emission_interval(&self) -> Duration {
         self.period / self.rate.max(1)
-    }
-
-    /// How many cells one lease takes from Redis: the cells the rate refills in
-    /// [`LEASE_WINDOW`], rounded down, at most the burst and [`MAX_LEASE`]. At most 1 means no
-    /// leases: every check asks Redis.
-    pub fn lease_size(&self) -> u32 {
-        let period = self.period.as_nanos().max(1);
-        let refilled = u128::from(self.rate) * LEASE_WINDOW.as_nanos() / period;
-        let cap = self.burst.min(MAX_LEASE);
-        u32::try_from(refilled).map_or(cap, |n| n.min(cap))
-    }
-
-    /// How long a lease of `cells` lives: the time the rate takes to refill them, at most
-    /// [`MAX_LEASE_LIFE`].
-    fn lease_life(&self, cells: u32) -> Duration {
-        self.emission_interval()
-            .checked_mul(cells)
-            .map_or(MAX_LEASE_LIFE, |life| life.min(MAX_LEASE_LIFE))
     }
 }
 
@@ -318,9 +261,7 @@ pub fn account_subject(email: &str) -> String {
 pub struct Decision {
     /// Whether the request may go ahead.
     pub allowed: bool,
-    /// How many more requests the bucket would allow right now. While a lease answers (see
-    /// the module's doc), this is what Redis said when it granted the lease, plus the lease's
-    /// unused cells.
+    /// How many more requests the bucket would allow right now.
     pub remaining: u32,
     /// When denied, how long until a request is allowed again; zero when allowed.
     pub retry_after: Duration,
@@ -410,68 +351,6 @@ struct Inner {
     script: redis::Script,
     last_warning: Mutex<Option<Instant>>,
     suppressed_warnings: AtomicU64,
-    /// Per bucket key, of the policies with leases (see [`Policy::lease_size`]).
-    leases: quick_cache::sync::Cache<String, Arc<LeaseSlot>>,
-    /// Script calls made, answered or not.
-    asks: AtomicU64,
-}
-
-/// One bucket's lease, and the right to ask Redis for the next one.
-struct LeaseSlot {
-    lease: Mutex<Lease>,
-    /// Held while asking Redis for a lease, so that one check per bucket asks at a time.
-    refill: tokio::sync::Mutex<()>,
-}
-
-/// Cells Redis granted to this process and no request has taken yet.
-struct Lease {
-    /// Unused cells; none are taken once `expires_at` has passed.
-    remaining: u32,
-    expires_at: Instant,
-    /// The bucket's remaining count when Redis granted the lease.
-    bucket_remaining: u32,
-    /// When Redis said the bucket would be full again.
-    reset_at: Instant,
-    /// Until then Redis could not grant a whole lease: checks ask for one cell each.
-    scarce_until: Instant,
-}
-
-impl LeaseSlot {
-    fn new() -> Self {
-        let now = Instant::now();
-        Self {
-            lease: Mutex::new(Lease {
-                remaining: 0,
-                expires_at: now,
-                bucket_remaining: 0,
-                reset_at: now,
-                scarce_until: now,
-            }),
-            refill: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    /// Takes one cell from a live lease.
-    fn take(&self) -> Option<Decision> {
-        let now = Instant::now();
-        let mut lease = lock(&self.lease);
-        if lease.remaining == 0 || now >= lease.expires_at {
-            return None;
-        }
-        lease.remaining -= 1;
-        Some(Decision {
-            allowed: true,
-            remaining: lease.bucket_remaining.saturating_add(lease.remaining),
-            retry_after: Duration::ZERO,
-            reset_after: lease.reset_at.saturating_duration_since(now),
-            degraded: false,
-        })
-    }
-
-    /// Whether Redis recently refused a whole lease.
-    fn scarce(&self) -> bool {
-        Instant::now() < lock(&self.lease).scarce_until
-    }
 }
 
 impl RateLimiter {
@@ -501,8 +380,6 @@ impl RateLimiter {
                 script: redis::Script::new(GCRA),
                 last_warning: Mutex::new(None),
                 suppressed_warnings: AtomicU64::new(0),
-                leases: quick_cache::sync::Cache::new(LEASE_CAPACITY),
-                asks: AtomicU64::new(0),
             }),
             timeout: DEFAULT_TIMEOUT,
         }
@@ -526,38 +403,15 @@ impl RateLimiter {
         )
     }
 
-    /// How many times this limiter (and its clones) has called the script in Redis, answered
-    /// or not. Checks answered from a lease do not count.
-    pub fn asks(&self) -> u64 {
-        self.inner.asks.load(Ordering::Relaxed)
-    }
-
     /// Counts one request by `subject` (an API key id, a user id, an IP, an account) against
     /// `policy`, and says whether it may go ahead. When Redis cannot be asked within the
     /// timeout, a policy that fails open allows the request ([`Decision::degraded`]) and one
-    /// that fails closed returns [`RateLimitError::Unavailable`]. A policy with leases (see
-    /// [`Policy::lease_size`]) may be answered in-process, from cells Redis granted earlier.
+    /// that fails closed returns [`RateLimitError::Unavailable`].
     #[tracing::instrument(level = "debug", skip(self, subject), fields(policy = policy.name))]
     pub async fn check(&self, policy: &Policy, subject: &str) -> Result<Decision, RateLimitError> {
         policy.validate()?;
         let key = self.key(policy, subject);
-        let cells = policy.lease_size();
-        let slot = if cells > 1 {
-            let slot = self.lease_slot(&key);
-            if let Some(decision) = slot.take() {
-                return Ok(decision);
-            }
-            Some(slot)
-        } else {
-            None
-        };
-        let asked = async {
-            match slot {
-                Some(slot) => self.ask_leased(policy, &key, &slot, cells).await,
-                None => self.ask(policy, &key, 1).await,
-            }
-        };
-        let answer = match tokio::time::timeout(self.timeout, asked).await {
+        let answer = match tokio::time::timeout(self.timeout, self.ask(policy, &key)).await {
             Ok(answer) => answer,
             Err(_) => {
                 if self.inner.conn.get().is_none() {
@@ -573,68 +427,8 @@ impl RateLimiter {
         }
     }
 
-    /// The lease slot of the bucket `key`, made if there is none.
-    fn lease_slot(&self, key: &str) -> Arc<LeaseSlot> {
-        let made = self
-            .inner
-            .leases
-            .get_or_insert_with(key, || Ok::<_, Infallible>(Arc::new(LeaseSlot::new())));
-        match made {
-            Ok(slot) => slot,
-        }
-    }
-
-    /// Asks Redis for a lease of `cells` for a check its bucket's lease could not answer,
-    /// or for one cell when a lease cannot be had.
-    async fn ask_leased(
-        &self,
-        policy: &Policy,
-        key: &str,
-        slot: &LeaseSlot,
-        cells: u32,
-    ) -> Result<Decision, Unavailable> {
-        if slot.scarce() {
-            return self.ask(policy, key, 1).await;
-        }
-        let refill = slot.refill.lock().await;
-        // Another check may have brought a lease, or been refused one, while this one waited.
-        if let Some(decision) = slot.take() {
-            return Ok(decision);
-        }
-        if slot.scarce() {
-            drop(refill);
-            return self.ask(policy, key, 1).await;
-        }
-        // Measured before asking, so the lease ends no later than the cells Redis granted
-        // would have refilled.
-        let asked_at = Instant::now();
-        let granted = self.ask(policy, key, cells).await?;
-        if granted.allowed {
-            // This request takes one cell; the lease holds the others.
-            let left = cells - 1;
-            *lock(&slot.lease) = Lease {
-                remaining: left,
-                expires_at: asked_at + policy.lease_life(cells),
-                bucket_remaining: granted.remaining,
-                reset_at: asked_at + granted.reset_after,
-                scarce_until: asked_at,
-            };
-            return Ok(Decision {
-                remaining: granted.remaining.saturating_add(left),
-                ..granted
-            });
-        }
-        // Not `cells` free: judge this request, and the next ones until `cells` are free
-        // again, one cell at a time.
-        lock(&slot.lease).scarce_until = asked_at + granted.retry_after;
-        drop(refill);
-        self.ask(policy, key, 1).await
-    }
-
-    /// Runs the script once: takes `cost` cells from the bucket `key`, or none.
-    async fn ask(&self, policy: &Policy, key: &str, cost: u32) -> Result<Decision, Unavailable> {
+    async fn ask(&self, policy: &Policy, key: &str) -> Result<Decision, Unavailable> {
         let mut conn = self.connection().await?;
-        self.inner.asks.fetch_add(1, Ordering::Relaxed);
         let period_ms = u64::try_from(policy.period.as_millis()).unwrap_or(u64::MAX);
         let reply: [i64; 4] = self
             .inner
@@ -643,7 +437,6 @@ impl RateLimiter {
             .arg(policy.rate)
             .arg(period_ms)
             .arg(policy.burst)
-            .arg(cost)
             .invoke_async(&mut conn)
             .await
             .map_err(Unavailable::Redis)?;
@@ -824,39 +617,6 @@ mod tests {
                 ..
             })
         ));
-    }
-
-    #[test]
-    fn leases_only_policies_faster_than_a_cell_per_ten_milliseconds() {
-        let limits = Limits::default();
-        for policy in limits.all() {
-            assert!(policy.lease_size() <= 1, "{}", policy.name);
-        }
-        let fast = Policy {
-            rate: 1_000,
-            burst: 50,
-            ..API_PER_IP
-        };
-        assert_eq!(fast.lease_size(), 10);
-        assert_eq!(fast.lease_life(10), Duration::from_millis(10));
-        let per_minute = Policy {
-            rate: 60_000,
-            period: Duration::from_secs(60),
-            ..fast
-        };
-        assert_eq!(per_minute.lease_size(), 10);
-        assert_eq!(
-            Policy { burst: 4, ..fast }.lease_size(),
-            4,
-            "at most the burst"
-        );
-        let huge = Policy {
-            rate: u32::MAX,
-            burst: u32::MAX,
-            ..fast
-        };
-        assert_eq!(huge.lease_size(), MAX_LEASE, "and at most MAX_LEASE");
-        assert!(huge.lease_life(MAX_LEASE) <= LEASE_WINDOW);
     }
 
     #[test]
