@@ -18,21 +18,30 @@
 //! 3. **When this gateway waited for its own write** (`consistency: STRONG`), so that the
 //!    caller's next read sees it.
 //!
-//! Anything that could hide an event moves every generation at once (a new **epoch**): a gap
-//! in the positions the subscription sees (a message NATS dropped), the subscription ending
-//! or the NATS connection dropping, an event of no tenant (platform-level), and more events
-//! waiting for the models than are remembered. While the subscription is not live, no stamp is
-//! given: nothing is cached and nothing cached is served. Every entry also expires after a
-//! time to live, whatever happens, so a fault that none of this catches costs at most that.
+//! Anything that could hide an event moves every generation at once (a new **epoch**), now
+//! and again once the models stand at the log position it concerns: the subscription going
+//! live (again: at the log's head then), a gap in the positions it sees (a message NATS
+//! dropped), a message without a position, an event of no tenant (platform-level), and more
+//! events waiting for the models than are remembered. The subscription ending, the
+//! connection dropping or reconnecting (checked every [`CONNECTION_CHECK`]) makes it not live:
+//! while it is not, no stamp is given, so nothing is remembered and nothing remembered is
+//! served. The models themselves are watched too: a checkpoint that moves back or changes
+//! version (a replay, a rebuild), or a Redis model that appears or disappears (Redis lost and
+//! rebuilt), moves every generation.
+//!
+//! What no event announces is not seen: a change to the read models made by hand, or the
+//! projections applying, while catching up after a start, events the relay has not published
+//! yet (seen once it does). Every entry therefore also expires after a time to live counted
+//! from its stamp, whatever happens.
 //!
 //! Generations are kept in a fixed table of counters indexed by a hash of the tenant id: two
 //! tenants that share a counter only invalidate each other's entries more often. Memory is
-//! constant, and reading a stamp is two atomic loads.
+//! constant, and reading a stamp is three atomic loads.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
 use eventstore::relay::POSITION_HEADER;
@@ -48,6 +57,10 @@ const SLOTS: usize = 4096;
 /// How often the read models' positions are read while published events wait for them.
 pub const POLL: Duration = Duration::from_millis(10);
 
+/// How often the read models' checkpoints are read when no event waits, to see a replay or a
+/// rebuild.
+const WATCH: Duration = Duration::from_secs(1);
+
 /// How often the NATS connection's state is checked.
 const CONNECTION_CHECK: Duration = Duration::from_millis(100);
 
@@ -58,12 +71,20 @@ const MAX_WAITING: usize = 100_000;
 /// The PostgreSQL identity model's checkpoint name.
 const IDENTITY_CHECKPOINT: &str = "identity";
 
-/// A tenant's generation when an entry was filled.
+/// A tenant's generation when an entry's reads began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
     epoch: u64,
     slot: usize,
     generation: u64,
+    taken: Instant,
+}
+
+impl Stamp {
+    /// How long ago the stamp was taken: an entry's age counts from before its reads.
+    pub fn age(&self) -> Duration {
+        self.taken.elapsed()
+    }
 }
 
 /// An event the read models have not applied yet: its position, and the counter to move
@@ -139,6 +160,7 @@ impl Freshness {
             epoch: self.inner.epoch.load(Ordering::Acquire),
             slot,
             generation: self.inner.slots[slot].load(Ordering::Acquire),
+            taken: Instant::now(),
         })
     }
 
@@ -157,14 +179,20 @@ impl Freshness {
 
     /// The tenant's data may have changed: its entries no longer hold.
     pub fn changed(&self, tenant: Uuid) {
-        self.inner.slots[slot_of(tenant)].fetch_add(1, Ordering::AcqRel);
+        self.move_slot(slot_of(tenant));
+    }
+
+    // `changes` moves first: whoever reads it unchanged after reading a stamp read the stamp
+    // before the move.
+    fn move_slot(&self, slot: usize) {
         self.inner.changes.fetch_add(1, Ordering::AcqRel);
+        self.inner.slots[slot].fetch_add(1, Ordering::AcqRel);
     }
 
     /// Anything may have changed: no entry holds.
     pub fn reset(&self) {
-        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
         self.inner.changes.fetch_add(1, Ordering::AcqRel);
+        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     fn set_live(&self, live: bool) {
@@ -214,10 +242,7 @@ impl Freshness {
             }
             waiting.pop_front();
             match slot {
-                Some(slot) => {
-                    self.inner.slots[slot].fetch_add(1, Ordering::AcqRel);
-                    self.inner.changes.fetch_add(1, Ordering::AcqRel);
-                }
+                Some(slot) => self.move_slot(slot),
                 None => self.reset(),
             }
         }
@@ -233,16 +258,25 @@ impl Freshness {
         pool: PgPool,
         hot: IdentityHot,
     ) -> FreshnessTasks {
-        let follow = tokio::spawn(follow(self.clone(), nats, subject_prefix.to_owned()));
+        let follow = tokio::spawn(follow(
+            self.clone(),
+            nats,
+            subject_prefix.to_owned(),
+            pool.clone(),
+        ));
         let models = tokio::spawn(watch_models(self.clone(), pool, hot));
-        FreshnessTasks { follow, models }
+        FreshnessTasks {
+            freshness: self.clone(),
+            follow,
+            models,
+        }
     }
 }
 
-/// The tasks that keep [`Freshness`] current; aborting them (or dropping this) makes it not
-/// live.
+/// The tasks that keep [`Freshness`] current; dropping this stops them and makes it not live.
 #[derive(Debug)]
 pub struct FreshnessTasks {
+    freshness: Freshness,
     follow: tokio::task::JoinHandle<()>,
     models: tokio::task::JoinHandle<()>,
 }
@@ -251,7 +285,15 @@ impl Drop for FreshnessTasks {
     fn drop(&mut self) {
         self.follow.abort();
         self.models.abort();
+        self.freshness.set_live(false);
     }
+}
+
+/// The log's head position.
+async fn log_head(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT position FROM log_head")
+        .fetch_one(pool)
+        .await
 }
 
 /// The tenant of an event's subject `<prefix>.events.<tenant|platform>.<type>.<event>`:
@@ -266,7 +308,12 @@ fn tenant_of(subject: &str, events_prefix: &str) -> Option<Option<Uuid>> {
 
 /// Follows published events; on any loss of the subscription the cache is not live until a
 /// new subscription is.
-async fn follow(freshness: Freshness, nats: async_nats::Client, subject_prefix: String) {
+async fn follow(
+    freshness: Freshness,
+    nats: async_nats::Client,
+    subject_prefix: String,
+    pool: PgPool,
+) {
     let events_prefix = format!("{subject_prefix}.events.");
     let subject = format!("{subject_prefix}.events.>");
     let mut retry = Duration::from_millis(100);
@@ -287,8 +334,20 @@ async fn follow(freshness: Freshness, nats: async_nats::Client, subject_prefix: 
             tokio::time::sleep(retry).await;
             continue;
         }
+        // Events published before the subscription are unknown: everything is new now, and
+        // again once the models stand at the head the log has now.
+        let head = match log_head(&pool).await {
+            Ok(head) => head,
+            Err(err) => {
+                tracing::warn!("freshness: cannot read the log's head: {err}");
+                tokio::time::sleep(retry).await;
+                continue;
+            }
+        };
         retry = Duration::from_millis(100);
+        let connects = nats.statistics().connects.load(Ordering::Relaxed);
         freshness.set_live(true);
+        freshness.published(head, None);
         let mut last: Option<i64> = None;
         let mut check = tokio::time::interval(CONNECTION_CHECK);
         loop {
@@ -302,18 +361,25 @@ async fn follow(freshness: Freshness, nats: async_nats::Client, subject_prefix: 
                         .and_then(|value| value.as_str().parse::<i64>().ok());
                     let tenant = tenant_of(message.subject.as_str(), &events_prefix);
                     let (Some(position), Some(tenant)) = (position, tenant) else {
-                        freshness.reset();
+                        // Which event this was is unknown: anything may have changed, up to
+                        // the log's head.
+                        let head = log_head(&pool).await.ok().or(last).unwrap_or(0);
+                        freshness.published(head, None);
                         continue;
                     };
                     if last.is_some_and(|last| position > last + 1) {
-                        // NATS dropped what lies between: anything may have changed.
-                        freshness.reset();
+                        // NATS dropped what lies between: anything may have changed, up to
+                        // this event.
+                        freshness.published(position, None);
                     }
                     last = Some(last.map_or(position, |last| last.max(position)));
                     freshness.published(position, tenant);
                 }
                 _ = check.tick() => {
-                    if nats.connection_state() != State::Connected {
+                    // A reconnect between two checks may have lost messages too.
+                    if nats.connection_state() != State::Connected
+                        || nats.statistics().connects.load(Ordering::Relaxed) != connects
+                    {
                         break;
                     }
                 }
@@ -326,28 +392,77 @@ async fn follow(freshness: Freshness, nats: async_nats::Client, subject_prefix: 
     }
 }
 
-/// Moves the generations of events the identity models have applied.
-async fn watch_models(freshness: Freshness, pool: PgPool, hot: IdentityHot) {
-    loop {
-        freshness.inner.arrived.notified().await;
-        loop {
-            tokio::time::sleep(POLL).await;
-            let pg = match projections::pg::checkpoint(&pool, IDENTITY_CHECKPOINT).await {
-                Ok(checkpoint) => checkpoint.map_or(0, |checkpoint| checkpoint.position),
-                Err(err) => {
-                    tracing::debug!("freshness: cannot read the identity checkpoint: {err}");
-                    continue;
-                }
-            };
-            // Without a live Redis model, credentials are checked in PostgreSQL and the log.
-            let reached = match hot.position().await {
-                Ok(Some(position)) => pg.min(position),
-                Ok(None) | Err(_) => pg,
-            };
-            if !freshness.applied(reached) {
-                break;
+/// Where the identity models stood at one look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Models {
+    /// The PostgreSQL model's version and position.
+    pg: Option<(i32, i64)>,
+    /// The live Redis model's position; `None` without a live model (credentials are then
+    /// checked in PostgreSQL and the log).
+    hot: Option<i64>,
+}
+
+impl Models {
+    async fn look(pool: &PgPool, hot: &IdentityHot) -> Option<Self> {
+        let pg = match projections::pg::checkpoint(pool, IDENTITY_CHECKPOINT).await {
+            Ok(checkpoint) => {
+                checkpoint.map(|checkpoint| (checkpoint.version, checkpoint.position))
             }
+            Err(err) => {
+                tracing::debug!("freshness: cannot read the identity checkpoint: {err}");
+                return None;
+            }
+        };
+        let hot = match hot.position().await {
+            Ok(position) => position,
+            Err(err) => {
+                tracing::debug!("freshness: cannot read the identity hot model: {err}");
+                return None;
+            }
+        };
+        Some(Self { pg, hot })
+    }
+
+    /// The position both models have reached.
+    fn reached(&self) -> i64 {
+        let pg = self.pg.map_or(0, |(_, position)| position);
+        self.hot.map_or(pg, |hot| pg.min(hot))
+    }
+
+    /// Whether the models changed otherwise than by applying events: a checkpoint that moved
+    /// back or changed version, a Redis model that appeared or disappeared.
+    fn remade_since(&self, before: &Self) -> bool {
+        let back = |now: Option<i64>, then: Option<i64>| {
+            now.zip(then).is_some_and(|(now, then)| now < then)
+        };
+        self.pg.map(|(version, _)| version) != before.pg.map(|(version, _)| version)
+            || back(self.pg.map(|(_, p)| p), before.pg.map(|(_, p)| p))
+            || self.hot.is_some() != before.hot.is_some()
+            || back(self.hot, before.hot)
+    }
+}
+
+/// Moves the generations of events the identity models have applied, and every generation
+/// when the models are remade.
+async fn watch_models(freshness: Freshness, pool: PgPool, hot: IdentityHot) {
+    let mut before: Option<Models> = None;
+    let mut waiting = false;
+    loop {
+        let wait = if waiting { POLL } else { WATCH };
+        // An event published wakes the watch at once; otherwise it looks every `WATCH`.
+        let _ = tokio::time::timeout(wait, freshness.inner.arrived.notified()).await;
+        if waiting {
+            tokio::time::sleep(POLL).await;
         }
+        let Some(models) = Models::look(&pool, &hot).await else {
+            waiting = true;
+            continue;
+        };
+        if before.is_some_and(|before| models.remade_since(&before)) {
+            freshness.reset();
+        }
+        before = Some(models);
+        waiting = freshness.applied(models.reached());
     }
 }
 
@@ -375,7 +490,7 @@ mod tests {
     #[test]
     fn an_event_of_a_tenant_moves_its_generation_when_published_and_when_applied() {
         let freshness = live();
-        let (tenant, other) = (Uuid::now_v7(), Uuid::new_v4());
+        let (tenant, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
         assert_ne!(slot_of(tenant), slot_of(other));
         let before = freshness.stamp(tenant).unwrap();
         let untouched = freshness.stamp(other).unwrap();
@@ -403,6 +518,32 @@ mod tests {
         freshness.reset();
         assert!(!freshness.holds(&stamp));
         assert_ne!(freshness.changes(), changes);
+    }
+
+    #[test]
+    fn a_replay_a_rebuild_or_a_lost_redis_model_is_a_remade_model() {
+        let at = |version, pg, hot| Models {
+            pg: Some((version, pg)),
+            hot,
+        };
+        let before = at(3, 100, Some(90));
+        assert!(
+            !at(3, 120, Some(120)).remade_since(&before),
+            "events applied"
+        );
+        assert!(
+            at(3, 50, Some(120)).remade_since(&before),
+            "a replay to a position"
+        );
+        assert!(at(4, 100, Some(90)).remade_since(&before), "a new version");
+        assert!(at(3, 100, None).remade_since(&before), "Redis lost");
+        assert!(
+            at(3, 100, Some(90)).remade_since(&at(3, 100, None)),
+            "Redis rebuilt"
+        );
+        assert!(at(3, 100, Some(10)).remade_since(&before), "Redis behind");
+        assert_eq!(at(3, 100, Some(90)).reached(), 90);
+        assert_eq!(at(3, 100, None).reached(), 100);
     }
 
     #[test]

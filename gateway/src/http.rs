@@ -292,8 +292,9 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
             let question = Question {
                 tenant: caller.tenant_id,
                 principal: caller.principal.to_string(),
+                credential: caller.credential.clone(),
                 permissions,
-                body: bytes.clone(),
+                body: Bytes::copy_from_slice(&bytes),
             };
             if let Some(answer) = answers.recall(&question) {
                 state.services.metrics.record_remembered_answer();
@@ -351,7 +352,7 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
     );
     // Stamped before the query runs, so that a change while it runs ends the answer.
     let remember = question
-        .filter(|_| kinds.only_queries)
+        .filter(|_| kinds.only_queries && !kinds.volatile)
         .and_then(|(answers, question)| {
             answers
                 .stamp(question.tenant)
@@ -422,6 +423,8 @@ struct OperationKinds {
     mutation: bool,
     /// Every operation of every document is a query (and every document parses).
     only_queries: bool,
+    /// Some document reads what no event of the tenant announces ([`crate::answers::is_volatile`]).
+    volatile: bool,
 }
 
 /// The kinds of operation of the request's documents, each parsed once: execution uses the
@@ -431,21 +434,25 @@ fn operation_kinds(batch: &mut BatchRequest) -> OperationKinds {
     let mut kinds = OperationKinds {
         mutation: false,
         only_queries: true,
+        volatile: false,
     };
-    let mut look = |request: &mut async_graphql::Request| match request.parsed_query() {
-        Ok(document) => {
-            for (_, operation) in document.operations.iter() {
-                match operation.node.ty {
-                    OperationType::Query => {}
-                    OperationType::Mutation => {
-                        kinds.mutation = true;
-                        kinds.only_queries = false;
+    let mut look = |request: &mut async_graphql::Request| {
+        kinds.volatile |= crate::answers::is_volatile(&request.query);
+        match request.parsed_query() {
+            Ok(document) => {
+                for (_, operation) in document.operations.iter() {
+                    match operation.node.ty {
+                        OperationType::Query => {}
+                        OperationType::Mutation => {
+                            kinds.mutation = true;
+                            kinds.only_queries = false;
+                        }
+                        OperationType::Subscription => kinds.only_queries = false,
                     }
-                    OperationType::Subscription => kinds.only_queries = false,
                 }
             }
+            Err(_) => kinds.only_queries = false,
         }
-        Err(_) => kinds.only_queries = false,
     };
     match batch {
         BatchRequest::Single(request) => look(request),

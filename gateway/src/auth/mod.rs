@@ -20,7 +20,7 @@ pub mod jwt;
 pub mod keys;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use commands::bus::{EventLog, UnitOfWork};
@@ -43,7 +43,7 @@ use jwt::{AccessGrant, PrincipalKind};
 use keys::Keyring;
 
 /// How a caller proved who it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Credential {
     /// An access token of a session (users) or of a client-credentials grant (service
     /// accounts).
@@ -136,12 +136,11 @@ enum CredentialKey {
     ApiKey(domain::identity::credentials::SecretHash),
 }
 
-/// What a credential proved, and until when it may be served.
+/// What a credential proved, under the stamp taken before its reads.
 struct Proved {
     caller: Authenticated,
     permissions: PermissionSet,
     stamp: Stamp,
-    filled: Instant,
 }
 
 /// Credentials proved a moment ago.
@@ -154,9 +153,9 @@ struct Memory {
 
 impl Memory {
     fn recall(&self, key: &CredentialKey) -> Option<Arc<Proved>> {
-        self.proved.get(key).filter(|proved| {
-            proved.filled.elapsed() < self.ttl && self.freshness.holds(&proved.stamp)
-        })
+        self.proved
+            .get(key)
+            .filter(|proved| proved.stamp.age() < self.ttl && self.freshness.holds(&proved.stamp))
     }
 
     fn keep(
@@ -166,15 +165,17 @@ impl Memory {
         permissions: PermissionSet,
         stamp: Stamp,
     ) {
-        self.proved.insert(
-            key,
-            Arc::new(Proved {
-                caller: caller.clone(),
-                permissions,
-                stamp,
-                filled: Instant::now(),
-            }),
-        );
+        // A change that came during the reads ends the entry before it is kept.
+        if self.freshness.holds(&stamp) && stamp.age() < self.ttl {
+            self.proved.insert(
+                key,
+                Arc::new(Proved {
+                    caller: caller.clone(),
+                    permissions,
+                    stamp,
+                }),
+            );
+        }
     }
 }
 
