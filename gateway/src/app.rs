@@ -203,11 +203,11 @@ pub async fn build_gateway_with_limits(
     let state = AppState {
         schema: graphql::build(Arc::clone(&services)),
         services,
-        dependencies: Dependencies {
+        dependencies: Arc::new(Dependencies {
             pool: pool.clone(),
             nats: parts.nats,
             redis: parts.redis,
-        },
+        }),
         config: HttpConfig {
             graphiql: args.graphiql.unwrap_or(!production),
             ..HttpConfig::default()

@@ -78,8 +78,8 @@ pub struct AppState {
     pub schema: ApiSchema,
     /// The services.
     pub services: Arc<Services>,
-    /// The services `/readyz` checks.
-    pub dependencies: Dependencies,
+    /// The services `/readyz` checks (shared: every request clones the state).
+    pub dependencies: Arc<Dependencies>,
     /// The edge's limits.
     pub config: HttpConfig,
 }
@@ -104,6 +104,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The routes counted under their own path in `/metrics`.
+const ROUTES: [&str; 7] = [
+    "/graphql",
+    "/.well-known/jwks.json",
+    "/audit/public-key",
+    "/audit/export",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
+
 /// The request id of a request, set by the edge middleware.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestId(pub Uuid);
@@ -117,17 +128,17 @@ async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -
         .and_then(|value| value.to_str().ok())
         .and_then(|text| Uuid::parse_str(text).ok())
         .unwrap_or_else(Uuid::now_v7);
-    let route = match request.uri().path() {
-        path @ ("/graphql"
-        | "/.well-known/jwks.json"
-        | "/audit/public-key"
-        | "/audit/export"
-        | "/healthz"
-        | "/readyz"
-        | "/metrics") => path.to_owned(),
-        path if path.starts_with("/graphiql/") => "/graphiql".to_owned(),
-        _ => "other".to_owned(),
-    };
+    let route = ROUTES
+        .iter()
+        .copied()
+        .find(|route| *route == request.uri().path())
+        .unwrap_or_else(|| {
+            if request.uri().path().starts_with("/graphiql/") {
+                "/graphiql"
+            } else {
+                "other"
+            }
+        });
     request.extensions_mut().insert(RequestId(id));
     let span = tracing::info_span!("request", request_id = %id, route = %route);
     let mut response = {
@@ -139,7 +150,7 @@ async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -
         response.headers_mut().insert(REQUEST_ID, value);
     }
     state.services.metrics.record_http_request(
-        &route,
+        route,
         response.status().as_u16(),
         started.elapsed(),
     );
@@ -200,8 +211,16 @@ pub(crate) async fn caller_of(
     headers: &HeaderMap,
     client_ip: Option<IpAddr>,
 ) -> Result<(Caller, Option<PermissionSet>), ApiError> {
-    let presented = Presented::from_headers(headers)?;
-    let (caller, permissions) = state.services.auth.authorize(&presented).await?;
+    caller_presenting(state, &Presented::from_headers(headers)?, client_ip).await
+}
+
+/// [`caller_of`] a credential already read from the headers.
+async fn caller_presenting(
+    state: &AppState,
+    presented: &Presented,
+    client_ip: Option<IpAddr>,
+) -> Result<(Caller, Option<PermissionSet>), ApiError> {
+    let (caller, permissions) = state.services.auth.authorize(presented).await?;
     let limits = &state.services.limits;
     let (policy, subject) = match &caller {
         Caller::Authenticated(caller) => match &caller.credential {
@@ -233,9 +252,12 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
         .get::<RequestId>()
         .map_or_else(Uuid::now_v7, |id| id.0);
     let ip = client_ip(&request);
-    let headers = request.headers().clone();
     // The body is read here, within the limit, before anything parses it.
     let (parts, body) = request.into_parts();
+    // What is needed of the headers, taken before the parts go to the GraphQL extractor.
+    let presented = Presented::from_headers(&parts.headers);
+    let idempotency_key = header_text(&parts.headers, IDEMPOTENCY_KEY);
+    let user_agent = header_text(&parts.headers, header::USER_AGENT);
     let limit = state.config.max_body_bytes;
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => bytes,
@@ -279,7 +301,11 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
         .with_reason("batch_too_large");
         return refused(&err, request_id);
     }
-    let (caller, permissions) = match caller_of(&state, &headers, ip).await {
+    let found = match presented {
+        Ok(presented) => caller_presenting(&state, &presented, ip).await,
+        Err(err) => Err(err),
+    };
+    let (caller, permissions) = match found {
         Ok(found) => found,
         Err(err) => return refused(&err, request_id),
     };
@@ -305,7 +331,6 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
         _ => None,
     };
     let kinds = operation_kinds(&mut batch);
-    let idempotency_key = header_text(&headers, IDEMPOTENCY_KEY);
     // A signed-in caller's keyed mutation runs once; a retry gets the first answer.
     let keyed = match (&caller, &idempotency_key) {
         (Caller::Authenticated(caller), Some(key)) if kinds.mutation => {
@@ -341,14 +366,8 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
         }
     }
     let context = Arc::new(
-        RequestContext::new(
-            request_id,
-            ip,
-            header_text(&headers, header::USER_AGENT),
-            idempotency_key,
-            caller,
-        )
-        .with_permissions(permissions),
+        RequestContext::new(request_id, ip, user_agent, idempotency_key, caller)
+            .with_permissions(permissions),
     );
     // Stamped before the query runs, so that a change while it runs ends the answer.
     let remember = question
