@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use domain::identity::principal::Principal;
 use domain::identity::rbac::PermissionSet;
 use quick_cache::Weighter;
 use uuid::Uuid;
@@ -42,8 +43,8 @@ pub fn is_volatile(query: &str) -> bool {
 pub struct Question {
     /// The asker's tenant.
     pub tenant: Uuid,
-    /// The asker (`user:<id>`, `service_account:<id>`).
-    pub principal: String,
+    /// The asker.
+    pub principal: Principal,
     /// How the asker proved who it is (a session, or an API key and its scopes).
     pub credential: Credential,
     /// The asker's effective permissions (narrowed to an API key's scopes).
@@ -65,7 +66,7 @@ struct BySize;
 
 impl Weighter<Question, Arc<Answer>> for BySize {
     fn weight(&self, question: &Question, answer: &Arc<Answer>) -> u64 {
-        (question.body.len() + question.principal.len() + answer.body.len() + 128) as u64
+        (question.body.len() + answer.body.len() + 160) as u64
     }
 }
 

@@ -317,7 +317,7 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
         {
             let question = Question {
                 tenant: caller.tenant_id,
-                principal: caller.principal.to_string(),
+                principal: caller.principal,
                 credential: caller.credential.clone(),
                 permissions,
                 body: Bytes::copy_from_slice(&bytes),

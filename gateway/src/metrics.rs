@@ -111,13 +111,13 @@ label_value_as_str!(OperationType, OperationOutcome, CommandOutcome);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RouteStatus {
-    route: String,
+    route: &'static str,
     status: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct Route {
-    route: String,
+    route: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -285,19 +285,14 @@ impl Metrics {
 
     /// Counts an answered HTTP request and observes how long it took. `route` is the route
     /// template (such as `/graphql`), never the raw path.
-    pub fn record_http_request(&self, route: &str, status: u16, duration: Duration) {
+    pub fn record_http_request(&self, route: &'static str, status: u16, duration: Duration) {
         self.inner
             .http_requests
-            .get_or_create(&RouteStatus {
-                route: route.to_owned(),
-                status,
-            })
+            .get_or_create(&RouteStatus { route, status })
             .inc();
         self.inner
             .http_request_duration
-            .get_or_create(&Route {
-                route: route.to_owned(),
-            })
+            .get_or_create(&Route { route })
             .observe(duration.as_secs_f64());
     }
 
