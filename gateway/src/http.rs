@@ -220,19 +220,26 @@ async fn caller_presenting(
     presented: &Presented,
     client_ip: Option<IpAddr>,
 ) -> Result<(Caller, Option<PermissionSet>), ApiError> {
-    let (caller, permissions) = state.services.auth.authorize(presented).await?;
     let limits = &state.services.limits;
-    let (policy, subject) = match &caller {
-        Caller::Authenticated(caller) => match &caller.credential {
-            Credential::ApiKey { key_id, .. } => (&limits.api_per_key, key_id.to_string()),
-            Credential::AccessToken { .. } => (&limits.api_per_user, caller.principal.to_string()),
-        },
-        Caller::Anonymous => (
-            &limits.api_per_ip,
-            client_ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
-        ),
+    // The rate limit is checked at the same time as the caller's permissions are looked up.
+    let limit = |caller: &Caller| {
+        let (policy, subject) = match caller {
+            Caller::Authenticated(caller) => match &caller.credential {
+                Credential::ApiKey { key_id, .. } => (&limits.api_per_key, key_id.to_string()),
+                Credential::AccessToken { .. } => {
+                    (&limits.api_per_user, caller.principal.to_string())
+                }
+            },
+            Caller::Anonymous => (
+                &limits.api_per_ip,
+                client_ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
+            ),
+        };
+        async move { (policy, state.services.limiter.check(policy, &subject).await) }
     };
-    match state.services.limiter.check(policy, &subject).await {
+    let (caller, permissions, (policy, decision)) =
+        state.services.auth.authorize(presented, limit).await?;
+    match decision {
         Ok(decision) if !decision.allowed => {
             state.services.metrics.record_rate_limited(policy.name);
             return Err(ApiError::rate_limited(policy.name, decision.retry_after));

@@ -320,65 +320,92 @@ impl<L: EventLog + Clone> Authenticator<L> {
 
     /// Checks a presented credential and finds the caller's permissions: what every request
     /// needs first. A credential proved a moment ago is answered from memory while its
-    /// tenant has not changed.
-    pub async fn authorize(
+    /// tenant has not changed. `alongside` (the rate limit) runs once the caller is known, at
+    /// the same time as the permissions' look-up.
+    pub async fn authorize<F, T>(
         &self,
         presented: &Presented,
-    ) -> Result<(Caller, Option<PermissionSet>), ApiError> {
-        let Some(memory) = &self.memory else {
-            let caller = self.authenticate(presented).await?;
-            let permissions = match &caller {
-                Caller::Authenticated(caller) => Some(self.permissions(caller).await?),
-                Caller::Anonymous => None,
-            };
-            return Ok((caller, permissions));
-        };
-        match presented {
-            Presented::Nothing => Ok((Caller::Anonymous, None)),
+        alongside: impl FnOnce(&Caller) -> F,
+    ) -> Result<(Caller, Option<PermissionSet>, T), ApiError>
+    where
+        F: std::future::Future<Output = T>,
+    {
+        let memory = self.memory.as_ref();
+        // The credential's key in memory, and the stamp to keep what it proves under.
+        let (authenticated, kept) = match presented {
+            Presented::Nothing => {
+                let caller = Caller::Anonymous;
+                let extra = alongside(&caller).await;
+                return Ok((caller, None, extra));
+            }
             Presented::Token(token) => {
                 let claims = self
                     .keyring
                     .verify(token)
                     .map_err(|err| ApiError::unauthenticated(err.reason(), err.to_string()))?;
                 let key = CredentialKey::Token(claims.jti);
-                if let Some(proved) = memory.recall(&key) {
-                    return Ok((
-                        Caller::Authenticated(proved.caller.clone()),
-                        Some(proved.permissions),
-                    ));
+                if let Some(proved) = memory.and_then(|memory| memory.recall(&key)) {
+                    return Ok(Self::recalled(&proved, alongside).await);
                 }
                 // Stamped before the reads, so that a change during them ends the entry.
-                let stamp = memory.freshness.stamp(claims.tid);
+                let stamp = memory.and_then(|memory| memory.freshness.stamp(claims.tid));
                 let caller = self.check_claims(claims).await?;
-                let permissions = self.permissions(&caller).await?;
-                if let Some(stamp) = stamp {
-                    memory.keep(key, &caller, permissions, stamp);
-                }
-                Ok((Caller::Authenticated(caller), Some(permissions)))
+                (caller, stamp.map(|stamp| (key, stamp, None)))
             }
             Presented::ApiKey(text) => {
                 let secret = parse_api_key(text)?;
                 let key = CredentialKey::ApiKey(secret.hash());
-                if let Some(proved) = memory.recall(&key) {
+                if let Some(proved) = memory.and_then(|memory| memory.recall(&key)) {
                     self.record_use(&proved.caller);
-                    return Ok((
-                        Caller::Authenticated(proved.caller.clone()),
-                        Some(proved.permissions),
-                    ));
+                    return Ok(Self::recalled(&proved, alongside).await);
                 }
                 // The key's tenant is known only once it is read: the entry is kept only if no
                 // generation moved during the reads.
-                let changes = memory.freshness.changes();
+                let changes = memory.map(|memory| memory.freshness.changes());
                 let caller = self.api_key_holder(&secret).await?;
-                let permissions = self.permissions(&caller).await?;
-                if let Some(stamp) = memory.freshness.stamp(caller.tenant_id)
-                    && memory.freshness.changes() == changes
-                {
-                    memory.keep(key, &caller, permissions, stamp);
-                }
-                Ok((Caller::Authenticated(caller), Some(permissions)))
+                let stamp = memory.and_then(|memory| memory.freshness.stamp(caller.tenant_id));
+                (
+                    caller,
+                    stamp
+                        .zip(changes)
+                        .map(|(stamp, changes)| (key, stamp, Some(changes))),
+                )
             }
+        };
+        let caller = Caller::Authenticated(authenticated);
+        let permissions = async {
+            match &caller {
+                Caller::Authenticated(authenticated) => {
+                    self.permissions(authenticated).await.map(Some)
+                }
+                Caller::Anonymous => Ok(None),
+            }
+        };
+        let (permissions, extra) = tokio::join!(permissions, alongside(&caller));
+        let permissions = permissions?;
+        if let (
+            Some(memory),
+            Some((key, stamp, changes)),
+            Caller::Authenticated(authenticated),
+            Some(permissions),
+        ) = (memory, kept, &caller, permissions)
+            && changes.is_none_or(|changes| memory.freshness.changes() == changes)
+        {
+            memory.keep(key, authenticated, permissions, stamp);
         }
+        Ok((caller, permissions, extra))
+    }
+
+    async fn recalled<F, T>(
+        proved: &Proved,
+        alongside: impl FnOnce(&Caller) -> F,
+    ) -> (Caller, Option<PermissionSet>, T)
+    where
+        F: std::future::Future<Output = T>,
+    {
+        let caller = Caller::Authenticated(proved.caller.clone());
+        let extra = alongside(&caller).await;
+        (caller, Some(proved.permissions), extra)
     }
 
     fn record_use(&self, caller: &Authenticated) {
@@ -396,28 +423,6 @@ impl<L: EventLog + Clone> Authenticator<L> {
         self.check_principal(&caller.principal, None).await?;
         self.record_use(&caller);
         Ok(caller)
-    }
-
-    /// Checks a presented credential.
-    pub async fn authenticate(&self, presented: &Presented) -> Result<Caller, ApiError> {
-        match presented {
-            Presented::Nothing => Ok(Caller::Anonymous),
-            Presented::Token(token) => self.access_token(token).await.map(Caller::Authenticated),
-            Presented::ApiKey(key) => {
-                let secret = parse_api_key(key)?;
-                self.api_key_holder(&secret)
-                    .await
-                    .map(Caller::Authenticated)
-            }
-        }
-    }
-
-    async fn access_token(&self, token: &str) -> Result<Authenticated, ApiError> {
-        let claims = self
-            .keyring
-            .verify(token)
-            .map_err(|err| ApiError::unauthenticated(err.reason(), err.to_string()))?;
-        self.check_claims(claims).await
     }
 
     /// The caller of verified claims, whose session and principal must still hold.
