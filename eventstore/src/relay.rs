@@ -398,40 +398,54 @@ pub const POSITION_HEADER: &str = "platform-position";
 /// The header with the event's hash, in hex.
 pub const HASH_HEADER: &str = "platform-hash";
 
+/// The CloudEvents and platform header names, made once: a name made from a `&str` is
+/// checked and copied at every insert.
+mod names {
+    use async_nats::header::HeaderName;
+
+    pub const SPEC_VERSION: HeaderName = HeaderName::from_static("ce-specversion");
+    pub const ID: HeaderName = HeaderName::from_static("ce-id");
+    pub const TYPE: HeaderName = HeaderName::from_static("ce-type");
+    pub const SOURCE: HeaderName = HeaderName::from_static("ce-source");
+    pub const SUBJECT: HeaderName = HeaderName::from_static("ce-subject");
+    pub const TIME: HeaderName = HeaderName::from_static("ce-time");
+    pub const CONTENT_TYPE: HeaderName = HeaderName::from_static("content-type");
+    pub const POSITION: HeaderName = HeaderName::from_static(super::POSITION_HEADER);
+    pub const HASH: HeaderName = HeaderName::from_static(super::HASH_HEADER);
+}
+
 /// The headers of the message for `event`.
 pub fn headers_of(event: &RecordedEvent, content_type: &'static str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let id = event.event_id.to_string();
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-    headers.insert("ce-specversion", "1.0");
-    headers.insert("ce-id", id.as_str());
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, id.clone());
+    headers.insert(names::SPEC_VERSION, "1.0");
+    headers.insert(names::ID, id);
     headers.insert(
-        "ce-type",
+        names::TYPE,
         format!(
             "platform.{}.{}.v{}",
             event.aggregate_type, event.event_type, event.event_version
-        )
-        .as_str(),
+        ),
     );
     let source = event.tenant_id.map_or_else(
         || "/platform".to_owned(),
         |tenant| format!("/platform/tenants/{tenant}"),
     );
-    headers.insert("ce-source", source.as_str());
+    headers.insert(names::SOURCE, source);
     headers.insert(
-        "ce-subject",
-        format!("{}/{}", event.aggregate_type, event.aggregate_id).as_str(),
+        names::SUBJECT,
+        format!("{}/{}", event.aggregate_type, event.aggregate_id),
     );
     headers.insert(
-        "ce-time",
+        names::TIME,
         event
             .recorded_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-            .as_str(),
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
     );
-    headers.insert("content-type", content_type);
-    headers.insert(POSITION_HEADER, event.global_position.to_string().as_str());
-    headers.insert(HASH_HEADER, event.hash.to_hex().as_str());
+    headers.insert(names::CONTENT_TYPE, content_type);
+    headers.insert(names::POSITION, event.global_position.to_string());
+    headers.insert(names::HASH, event.hash.to_hex());
     headers
 }
 
