@@ -132,16 +132,6 @@ impl Answers {
                 .insert(question, Arc::new(Answer { body, stamp }));
         }
     }
-
-    /// How many answers are remembered.
-    pub fn len(&self) -> usize {
-        self.cache.len()
-    }
-
-    /// Whether no answer is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.cache.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -448,11 +448,11 @@ async fn watch_models(freshness: Freshness, pool: PgPool, hot: IdentityHot) {
     let mut before: Option<Models> = None;
     let mut waiting = false;
     loop {
-        let wait = if waiting { POLL } else { WATCH };
-        // An event published wakes the watch at once; otherwise it looks every `WATCH`.
-        let _ = tokio::time::timeout(wait, freshness.inner.arrived.notified()).await;
         if waiting {
             tokio::time::sleep(POLL).await;
+        } else {
+            // An event published wakes the watch at once; otherwise it looks every `WATCH`.
+            let _ = tokio::time::timeout(WATCH, freshness.inner.arrived.notified()).await;
         }
         let Some(models) = Models::look(&pool, &hot).await else {
             waiting = true;

@@ -18,15 +18,7 @@ async fn remembering() -> TestApp {
 
 /// How many answers the gateway served from memory so far.
 async fn remembered(app: &TestApp) -> u64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     text.lines()
         .find_map(|line| line.strip_prefix("graphql_remembered_answers_total "))
         .and_then(|count| count.trim().parse().ok())

@@ -53,15 +53,7 @@ async fn the_public_keys_are_served_without_credentials_and_verify_the_checkpoin
     assert!(signed.verifies_under(by_kid));
 
     // The requests are counted under their own route.
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"http_requests_total{route="/audit/public-key",status="200"} 2"#),
         "{metrics}"

@@ -193,15 +193,7 @@ async fn health_readiness_metrics_and_jwks_answer() {
         ready,
         json!({ "postgres": "ok", "nats": "ok", "redis": "ok" })
     );
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("commands_total{command=\"login\",outcome=\"accepted\"} 1"),
         "{metrics}"
