@@ -3,7 +3,7 @@
 //! A request proves who it is with `Authorization: Bearer <token>` (an access JWT, or an API
 //! key, which is recognisable by its `pck_` prefix and checksum) or with `x-api-key: <key>`.
 //! Revocation is looked up in Redis first (the `identity_hot` model) and in PostgreSQL when
-//! Redis has no live model, so a revoked session or key stops working as soon as the models
+//! Redis has no live model or does not know the session or key yet, so a revoked session or key stops working as soon as the models
 //! have applied the revocation, which is well under a second.
 //!
 //! What a credential proved (the caller and its permissions) is remembered for a moment
@@ -540,10 +540,10 @@ impl<L: EventLog + Clone> Authenticator<L> {
                 let Some(key) = candidates.into_iter().find(|key| {
                     bool::from(key.hash.as_bytes().ct_eq(presented.to_string().as_bytes()))
                 }) else {
-                    return Err(ApiError::unauthenticated(
-                        "unknown_api_key",
-                        "this API key is not known",
-                    ));
+                    // A key made a moment ago may not be in the hot model yet (a STRONG
+                    // write waits for PostgreSQL's model only): the read model and the log
+                    // decide, as for a session the model does not know.
+                    return self.api_key_from_log(secret, now).await;
                 };
                 let expired = key
                     .expires_at_us
